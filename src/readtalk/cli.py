@@ -1,0 +1,223 @@
+"""The ``readtalk`` command line: one entry point, one subcommand per job.
+
+Errors a user can fix (ReadtalkError) print as one line, ``error: ...``, with exit status 2;
+Ctrl-C prints ``interrupted`` with status 130. Heavy imports happen inside each command so that
+``readtalk --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from readtalk.errors import ReadtalkError
+
+
+def _add_synth_args(p: argparse.ArgumentParser, clips: int) -> None:
+    p.add_argument("--clips", type=int, default=clips, help="number of clips")
+    p.add_argument("--size", type=int, default=256, help="frame size in pixels (multiple of 32)")
+    p.add_argument(
+        "--frames", type=int, default=121, help="frames per clip, 8k+1 (121 = 4.84 s at 25 fps)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--identities",
+        type=int,
+        default=0,
+        help="number of distinct people (default: one per 8 clips, at least 2)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of identities held out as the test split",
+    )
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument(
+        "--any-length",
+        action="store_true",
+        help="allow frame counts that are not 8k+1 (long evaluation clips)",
+    )
+    p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower is better)")
+
+
+def _synth_config(a: argparse.Namespace):
+    from readtalk.data.synthtalk import SynthConfig
+
+    return SynthConfig(
+        clips=a.clips,
+        size=a.size,
+        frames=a.frames,
+        seed=a.seed,
+        identities=a.identities,
+        test_fraction=a.test_fraction,
+        workers=a.workers,
+        any_length=a.any_length,
+        crf=a.crf,
+    )
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    from readtalk.data.synthtalk import generate
+
+    out = generate(_synth_config(a), a.out, progress=not a.quiet)
+    summary = json.loads((out / "synthtalk.json").read_text())
+    print(
+        f"wrote {summary['clips']} clips ({summary['train']} train, {summary['test']} test, "
+        f"{summary['identities']} identities, {summary['hours'] * 60:.1f} min of video) to "
+        f"{out} in {summary['seconds']:.1f} s ({summary['clips_per_second']:.2f} clips/s)"
+    )
+
+
+def _sheet(records: list[dict], per_clip: int):
+    """Reference portrait then ``per_clip`` evenly spaced frames, one row per clip."""
+    from readtalk.data.manifest import resolve
+    from readtalk.media import contact_sheet, read_image, read_video
+
+    tiles = []
+    for rec in records:
+        video = read_video(resolve(rec, "video"))
+        step = (len(video) - 1) / max(1, per_clip - 1)
+        tiles.append(read_image(resolve(rec, "ref")))
+        tiles.extend(video[int(round(k * step))] for k in range(per_clip))
+    return contact_sheet(tiles, cols=per_clip + 1)
+
+
+def cmd_sheet(a: argparse.Namespace) -> None:
+    from readtalk.data.manifest import load_manifest
+    from readtalk.media import write_image
+
+    records = load_manifest(a.data, a.split)[: a.clips]
+    write_image(a.out, _sheet(records, a.per_clip))
+    print(f"wrote {a.out}: {len(records)} clips, reference portrait then {a.per_clip} frames each")
+
+
+def cmd_mouth_check(a: argparse.Namespace) -> None:
+    from readtalk.data.synthtalk.mouth_reader import reader_agreement
+
+    res = reader_agreement(
+        a.data, None if a.split == "all" else a.split, a.clips, progress=not a.quiet
+    )
+    print(f"mouth reader on {res['clips']} clips, {res['frames']} frames ({a.split} split):")
+    print(f"  openness Pearson (pooled)        {res['open_pearson']:.4f}")
+    print(
+        f"  openness Pearson (per-clip mean) {res['open_pearson_clip_mean']:.4f} "
+        f"(min {res['open_pearson_clip_min']:.4f})"
+    )
+    print(f"  openness vs parameter (pooled)   {res['open_pearson_param']:.4f}")
+    print(f"  gap MAE (fraction of frame)      {res['gap_mae']:.5f}")
+    print(f"  width Pearson (open frames)      {res['width_pearson']:.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+def cmd_bench_synth(a: argparse.Namespace) -> None:
+    from readtalk.data.synthtalk import generate
+
+    cfg = _synth_config(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        generate(cfg, Path(tmp) / "bench", progress=not a.quiet)
+        dt = time.perf_counter() - t0
+    cps = cfg.clips / dt
+    fps = cps * cfg.frames
+    video_s = cfg.clips * cfg.duration
+    print(
+        f"synthtalk bench: {cfg.clips} clips x {cfg.frames} frames at {cfg.size}px, "
+        f"workers={cfg.workers or 'all'}"
+    )
+    print(
+        f"  wall {dt:.2f} s | {cps:.3f} clips/s | {fps:.1f} frames/s | "
+        f"{video_s / dt:.2f}x real time"
+    )
+    print(f"  1,000 clips would take {1000 / cps / 60:.1f} min")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    import shutil
+
+    from readtalk.data.manifest import load_manifest
+    from readtalk.data.synthtalk import SynthConfig, generate
+    from readtalk.media import write_image
+
+    out = Path(a.out)
+    if (out / "synthtalk.json").is_file():  # an earlier demo: replace it
+        shutil.rmtree(out)
+    generate(SynthConfig(clips=a.clips, size=a.size, seed=a.seed), out, progress=True)
+    records = load_manifest(out)
+    write_image(out / "sheet.png", _sheet(records, per_clip=6))
+    print(
+        f"SynthTalk sample: {len(records)} talking-head clips in {out}/video/*.mp4 "
+        f"(ground truth in {out}/track, overview in {out}/sheet.png)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from readtalk import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="readtalk", description="readtalk: real-time audio-driven talking-head generation"
+    )
+    parser.add_argument("--version", action="version", version=f"readtalk {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate a small SynthTalk sample and an overview sheet")
+    p.add_argument("--out", default="demo", help="output folder (new or empty)")
+    p.add_argument("--clips", type=int, default=6)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a SynthTalk dataset (speech, faces, ground truth)")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    _add_synth_args(p, clips=8)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("sheet", help="contact sheet (PNG) of a dataset's clips")
+    p.add_argument("--data", required=True, help="dataset folder with manifest.jsonl")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--per-clip", type=int, default=8, help="frames shown per clip")
+    p.add_argument("--split", choices=("train", "test"), default=None)
+    p.set_defaults(func=cmd_sheet)
+
+    p = sub.add_parser(
+        "mouth-check", help="agreement of the SynthTalk mouth reader with the ground truth"
+    )
+    p.add_argument("--data", required=True, help="SynthTalk dataset folder")
+    p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    p.add_argument("--clips", type=int, default=0, help="at most this many clips (0: all)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_mouth_check)
+
+    bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(
+        dest="bench", required=True, metavar="BENCH"
+    )
+    p = bench.add_parser("synth", help="SynthTalk generation speed (clips per second)")
+    _add_synth_args(p, clips=16)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ReadtalkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

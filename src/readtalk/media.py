@@ -1,0 +1,313 @@
+"""Reading and writing media: mp4 video with audio, audio files of any format, images.
+
+Everything goes through PyAV (its bundled FFmpeg has libx264 and AAC) so no system FFmpeg is
+needed. Video frames are uint8 RGB arrays (F, H, W, 3); audio is float32 mono in [-1, 1].
+Writes are atomic: a file appears under its final name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import soxr
+
+from readtalk.errors import ReadtalkError
+
+SAMPLE_RATE = 16000
+FPS = 25
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+def _require_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ReadtalkError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise ReadtalkError(f"{what} is not a file: {p}")
+    if p.stat().st_size == 0:
+        raise ReadtalkError(f"{what} is empty: {p}")
+    return p
+
+
+def _open(path: Path, what: str) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise ReadtalkError(
+            f"cannot read {what} {path}: not a media file PyAV can decode ({e})"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ audio
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file PyAV reads to float32 mono at ``sample_rate``.
+
+    Works for wav, flac, mp3, m4a, ogg and the audio track of a video. Channels are averaged.
+    Raises ReadtalkError for a missing, empty or corrupt file, or one without audio. Silence is
+    valid; a stream that decodes to no samples at all is not.
+    """
+    p = _require_file(path, "audio file")
+    with _open(p, "audio file") as c:
+        if not c.streams.audio:
+            raise ReadtalkError(f"{p} has no audio stream")
+        stream = c.streams.audio[0]
+        src_rate = stream.sample_rate or stream.codec_context.sample_rate
+        chunks = []
+        try:
+            for frame in c.decode(stream):
+                raw = frame.to_ndarray()
+                # planar: (channels, n); packed: (1, n*channels)
+                x = raw if frame.format.is_planar else raw.reshape(-1, len(frame.layout.channels)).T
+                x = x.astype(np.float32)
+                if np.issubdtype(raw.dtype, np.integer):
+                    x /= float(np.iinfo(raw.dtype).max) + 1.0
+                chunks.append(x.mean(axis=0))
+        except av.error.FFmpegError as e:
+            raise ReadtalkError(f"cannot decode audio in {p}: file is corrupt ({e})") from None
+        # AAC decoders emit encoder padding beyond the stream's declared duration: trim it.
+        duration = float(stream.duration * stream.time_base) if stream.duration else None
+    if not chunks:
+        raise ReadtalkError(f"{p} contains no audio samples")
+    audio = np.concatenate(chunks)
+    if duration is not None:
+        audio = audio[: int(round(duration * src_rate))]
+    if audio.size == 0:
+        raise ReadtalkError(f"{p} contains no audio samples")
+    if src_rate != sample_rate:
+        audio = soxr.resample(audio, src_rate, sample_rate, quality="HQ").astype(np.float32)
+    return np.clip(audio, -1.0, 1.0)
+
+
+def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write float audio in [-1, 1] as 16-bit PCM wav, atomically."""
+    import soundfile as sf
+
+    p = Path(path)
+    tmp = _tmp_name(p)
+    sf.write(str(tmp), np.clip(audio, -1, 1), sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, p)
+
+
+# ------------------------------------------------------------------------------------------ video
+
+
+class VideoWriter:
+    """Streaming H.264 mp4 writer (yuv420p) with an optional AAC audio track.
+
+    Frames are encoded as they arrive, so memory does not grow with length. The file is written
+    under a temporary name and moved into place by ``close()``; if the writer is closed after an
+    exception (``with`` block), the partial file is removed instead.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: int = FPS,
+        crf: int = 18,
+        preset: str = "veryfast",
+        threads: int = 0,
+    ) -> None:
+        if width % 2 or height % 2:
+            raise ReadtalkError(f"H.264 needs even frame sizes, got {width}x{height}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _tmp_name(self.path)
+        self._c = av.open(str(self._tmp), "w", format="mp4")
+        self._v = self._c.add_stream("libx264", rate=fps)
+        self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
+        self._v.options = {"crf": str(crf), "preset": preset}
+        self._v.codec_context.thread_count = threads
+        self._a = None
+        self._n = 0
+        self._shape = (height, width, 3)
+
+    def add_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+        """Mux a whole mono float track (call once, before or after the frames)."""
+        if self._a is not None:
+            raise RuntimeError("audio already added")
+        audio = np.ascontiguousarray(np.clip(audio, -1, 1), dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ReadtalkError("audio must be a non-empty mono track")
+        self._a = self._c.add_stream("aac", rate=sample_rate)
+        self._a.layout = "mono"
+        self._a.bit_rate = 64000
+        frame = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        frame.time_base = Fraction(1, sample_rate)
+        for pkt in self._a.encode(frame):
+            self._c.mux(pkt)
+        for pkt in self._a.encode():
+            self._c.mux(pkt)
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != self._shape or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 {self._shape}, got {frame.dtype} {frame.shape}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self._n
+        self._n += 1
+        for pkt in self._v.encode(vf):
+            self._c.mux(pkt)
+
+    @property
+    def frames_written(self) -> int:
+        return self._n
+
+    def close(self) -> Path:
+        for pkt in self._v.encode():
+            self._c.mux(pkt)
+        self._c.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # it may be broken already; removal is what matters
+            self._c.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray | Iterable[np.ndarray],
+    audio: np.ndarray | None = None,
+    fps: int = FPS,
+    sample_rate: int = SAMPLE_RATE,
+    **kwargs,
+) -> Path:
+    """Write frames (uint8 RGB, (F, H, W, 3) or an iterable of (H, W, 3)) and audio to an mp4."""
+    it = iter(frames)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ReadtalkError("no frames to write") from None
+    h, w = first.shape[:2]
+    with VideoWriter(path, w, h, fps=fps, **kwargs) as vw:
+        if audio is not None:
+            vw.add_audio(audio, sample_rate)
+        vw.write(first)
+        for f in it:
+            vw.write(f)
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+    duration: float
+    audio_duration: float | None
+    audio_sample_rate: int | None
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Stream facts of a video file (frame count is counted by decoding when not stored)."""
+    p = _require_file(path, "video file")
+    with _open(p, "video file") as c:
+        if not c.streams.video:
+            raise ReadtalkError(f"{p} has no video stream")
+        v = c.streams.video[0]
+        fps = float(v.average_rate or v.guessed_rate or 0)
+        duration = float(v.duration * v.time_base) if v.duration else float(c.duration or 0) / 1e6
+        frames = v.frames or sum(1 for _ in c.decode(v))
+        a = c.streams.audio[0] if c.streams.audio else None
+        adur = float(a.duration * a.time_base) if a is not None and a.duration else None
+        return VideoInfo(
+            frames, fps, v.width, v.height, duration, adur, a.sample_rate if a is not None else None
+        )
+
+
+def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Decode the frames of a video one at a time as uint8 RGB (H, W, 3)."""
+    p = _require_file(path, "video file")
+    with _open(p, "video file") as c:
+        if not c.streams.video:
+            raise ReadtalkError(f"{p} has no video stream")
+        c.streams.video[0].thread_type = "AUTO"
+        try:
+            for frame in c.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise ReadtalkError(f"cannot decode video {p}: file is corrupt ({e})") from None
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode a whole video to uint8 RGB (F, H, W, 3)."""
+    frames = list(iter_frames(path))
+    if not frames:
+        raise ReadtalkError(f"{path} contains no video frames")
+    return np.stack(frames)
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3); alpha is composited over white."""
+    p = _require_file(path, "image")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ReadtalkError(f"cannot read image {p}: not a PNG/JPEG/BMP/WebP image or corrupt")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        a = img[..., 3:4].astype(np.float32) / 255.0
+        img = (img[..., :3].astype(np.float32) * a + 255.0 * (1 - a)).round().astype(np.uint8)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.dtype != np.uint8:
+        img = (img / 257).astype(np.uint8)
+    return img
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write uint8 RGB (H, W, 3) to PNG/JPEG (by suffix), atomically."""
+    p = Path(path)
+    ok, buf = cv2.imencode(p.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ReadtalkError(f"cannot encode image as {p.suffix}")
+    tmp = _tmp_name(p)
+    buf.tofile(str(tmp))
+    os.replace(tmp, p)
+    return p
+
+
+def contact_sheet(images: list[np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
+    """Tile equally sized uint8 RGB images into one grid image (white padding)."""
+    if not images:
+        raise ValueError("no images")
+    h, w = images[0].shape[:2]
+    rows = (len(images) + cols - 1) // cols
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        sheet[y : y + h, x : x + w] = im
+    return sheet
