@@ -222,22 +222,42 @@ class _Canvas:
         draw(m)
         return m.astype(np.float32) / 255.0
 
-    def paint(self, m: np.ndarray, color, opacity: float = 1.0) -> None:
+    def paint(self, m: np.ndarray, color, opacity: float = 1.0, sl=np.s_[:, :]) -> None:
+        """Blend ``color`` with coverage ``m`` into the canvas (or into its slice ``sl``)."""
         a = m * opacity
-        self.img += (np.array(color, np.float32) - self.img) * a[..., None]
-        self.alpha += (1.0 - self.alpha) * a
+        img, alpha = self.img[sl], self.alpha[sl]
+        img += (np.array(color, np.float32) - img) * a[..., None]
+        alpha += (1.0 - alpha) * a
+
+    def _stamp(self, p: np.ndarray, margin: int, draw, color, opacity: float) -> None:
+        """Rasterise ``draw(mask, shifted_points)`` inside the points' bounding box only (plus
+        ``margin`` pixels for anti-aliasing and line width) and paint it."""
+        lo = (p.reshape(-1, 2).min(0) >> SHIFT) - margin
+        hi = (p.reshape(-1, 2).max(0) >> SHIFT) + margin + 2
+        H, W = self.alpha.shape
+        x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
+        x1, y1 = min(W, int(hi[0])), min(H, int(hi[1]))
+        if x1 <= x0 or y1 <= y0:
+            return
+        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        draw(m, p - np.array([x0 << SHIFT, y0 << SHIFT], np.int32))
+        self.paint(m.astype(np.float32) / 255.0, color, opacity, np.s_[y0:y1, x0:x1])
 
     def poly(self, xy: np.ndarray, color, opacity: float = 1.0) -> None:
-        p = self.pts(xy)
-        self.paint(
-            self.mask(lambda m: cv2.fillPoly(m, [p], 255, cv2.LINE_AA, SHIFT)), color, opacity
+        self._stamp(
+            self.pts(xy),
+            2,
+            lambda m, q: cv2.fillPoly(m, [q], 255, cv2.LINE_AA, SHIFT),
+            color,
+            opacity,
         )
 
     def polyline(self, xy: np.ndarray, color, thick: float, opacity: float = 1.0) -> None:
-        p = self.pts(xy)
         t = max(1, int(round(thick * ZOOM * self.size * SS)))
-        self.paint(
-            self.mask(lambda m: cv2.polylines(m, [p], False, 255, t, cv2.LINE_AA, SHIFT)),
+        self._stamp(
+            self.pts(xy),
+            t + 2,
+            lambda m, q: cv2.polylines(m, [q], False, 255, t, cv2.LINE_AA, SHIFT),
             color,
             opacity,
         )
