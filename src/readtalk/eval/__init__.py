@@ -1,0 +1,1 @@
+"""readtalk.eval: one function per metric."""

@@ -1,0 +1,283 @@
+"""What every training stage shares: the run folder, logging, checkpoints, schedules, seeding.
+
+A run folder holds ``config.yaml`` (the resolved config), ``log.txt``, ``metrics.jsonl`` (one
+JSON object per logged step or evaluation) and ``checkpoints/step_XXXXXXX.pt`` (full training
+state for exact resume, written atomically, the last N kept). Release weights are separate: a
+single safetensors file with the config as JSON in its metadata (``save_release``).
+
+Exact resume: each stage draws its batches from a generator seeded by (seed, step), and
+checkpoints hold the model, optimiser, EMA and step, so stopping at step k and resuming gives
+the same numbers as never stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from readtalk.config import save_config
+from readtalk.errors import ReadtalkError
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 500
+    ckpt_every: int = 250
+    keep_last: int = 3
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ReadtalkError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ReadtalkError(f"train.lr must be positive, got {self.lr}")
+
+
+def cosine_lr(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The data generator of one step: batches are a pure function of (seed, step)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, step]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Run:
+    """A training run folder: logging, metrics and checkpoints (rank 0 only writes)."""
+
+    _CKPT = re.compile(r"step_(\d{7})\.pt$")
+
+    def __init__(self, root: str | Path, config: Any, resume: bool, writer: bool = True) -> None:
+        self.root = Path(root)
+        self.writer = writer
+        self.ckpt_dir = self.root / "checkpoints"
+        if writer:
+            if self.root.exists() and any(self.root.iterdir()) and not resume:
+                raise ReadtalkError(
+                    f"run folder {self.root} is not empty: pass --resume to continue it, "
+                    "or choose a new --out"
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.root / "config.yaml")
+        self._t0 = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        if not self.writer:
+            return
+        with open(self.root / "log.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+    def metrics(self, record: dict) -> None:
+        if not self.writer:
+            return
+        record = {
+            k: (float(v) if isinstance(v, torch.Tensor | np.floating) else v)
+            for k, v in record.items()
+        }
+        record.setdefault("time", round(time.perf_counter() - self._t0, 3))
+        with open(self.root / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoints(self) -> list[Path]:
+        if not self.ckpt_dir.is_dir():
+            return []
+        return sorted(p for p in self.ckpt_dir.iterdir() if self._CKPT.search(p.name))
+
+    def latest(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save(self, state: dict, step: int, keep_last: int) -> Path | None:
+        if not self.writer:
+            return None
+        path = self.ckpt_dir / f"step_{step:07d}.pt"
+        atomic_save({**state, "step": step}, path)
+        for old in self.checkpoints()[:-keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> dict | None:
+        path = self.latest()
+        if path is None:
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated file cannot exist (atomic writes), but be clear
+            raise ReadtalkError(f"cannot read checkpoint {path}: {e}") from None
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, drop records logged after the checkpoint's step (they will be redone)."""
+        path = self.root / "metrics.jsonl"
+        if not self.writer or not path.is_file():
+            return
+        keep = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+# ----------------------------------------------------------------------------- release files
+
+
+def save_release(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    kind: str,
+    config_json: str,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Slim release weights: safetensors with ``kind`` and the config JSON in the metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={"kind": kind, "config": config_json, **(extra or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def load_release(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a release file written by ``save_release``; checks its kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReadtalkError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
+    if meta.get("kind") != kind:
+        raise ReadtalkError(f"{path} holds {meta.get('kind', 'unknown')!r} weights, not {kind!r}")
+    return tensors, meta
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+def fit(
+    run: Run,
+    tc: OptimConfig,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[np.random.Generator], dict[str, torch.Tensor]],
+    evaluate: Callable[[], dict[str, float]] | None,
+    config: dict,
+    desc: str,
+    progress: bool = True,
+    stop_at: int | None = None,
+    resume: bool = False,
+) -> bool:
+    """The training loop every stage shares; returns False when stopped early by ``stop_at``.
+
+    ``loss_fn(rng)`` computes one step's losses from that step's generator (``step_rng``) and
+    returns a dict whose ``"loss"`` is minimised; every entry is logged. ``evaluate()`` runs
+    every ``eval_every`` steps and at the end. Resuming loads the model and optimiser from the
+    run's latest checkpoint and drops metrics logged after it, so the numbers continue exactly.
+    """
+    start = 0
+    state = run.load_latest() if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start = state["step"]
+        run.truncate_metrics(start)
+        run.log(f"resumed at step {start}")
+    model.train()
+    bar = tqdm(
+        range(start, tc.steps),
+        initial=start,
+        total=tc.steps,
+        desc=desc,
+        unit="step",
+        disable=not progress,
+    )
+    t_log = time.perf_counter()
+    for step in bar:
+        if stop_at is not None and step >= stop_at:
+            bar.close()
+            return False
+        lr = cosine_lr(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        losses = loss_fn(step_rng(tc.seed, step))
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            dt = time.perf_counter() - t_log
+            t_log = time.perf_counter()
+            n = tc.log_every if done % tc.log_every == 0 else done % tc.log_every
+            run.metrics(
+                {
+                    "step": done,
+                    **{k: v.item() for k, v in losses.items()},
+                    "lr": lr,
+                    "grad_norm": grad_norm.item(),
+                    "steps_per_s": round(n / dt, 3),
+                }
+            )
+            bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+        if evaluate is not None and (done % tc.eval_every == 0 or done == tc.steps):
+            model.eval()
+            with torch.no_grad():
+                res = evaluate()
+            model.train()
+            run.metrics({"step": done, **{f"test_{k}": v for k, v in res.items()}})
+            run.log(f"step {done}: test {json.dumps(res)}")
+        if done % tc.ckpt_every == 0 or done == tc.steps:
+            run.save(
+                {"model": model.state_dict(), "optim": opt.state_dict(), "config": config},
+                done,
+                tc.keep_last,
+            )
+    bar.close()
+    return True

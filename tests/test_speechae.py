@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+
+from readtalk.cli import main
+from readtalk.config import load_config
+from readtalk.errors import ReadtalkError
+from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, num_codes, speechae_losses
+from readtalk.train.speech import SpeechRunConfig, load_speechae, train_speech
+
+
+@pytest.mark.parametrize("frames, codes", [(1, 1), (9, 2), (49, 7), (121, 16)])
+def test_codes_follow_the_vae_frame_rule(frames, codes):
+    model = SpeechAE(SPEECHAE_SIZES["debug"])
+    c, r = model(torch.randn(2, frames, 768))
+    assert c.shape == (2, codes, 8) and r.shape == (2, frames, 768)
+    assert num_codes(frames) == codes
+
+
+@pytest.mark.parametrize("frames", [8, 10, 120])
+def test_frames_not_8k_plus_1_are_a_clear_error(frames):
+    with pytest.raises(ReadtalkError, match=r"8k\+1"):
+        SpeechAE(SPEECHAE_SIZES["debug"]).encode(torch.randn(1, frames, 768))
+
+
+def test_encoder_is_causal():
+    """Codes of frames <= i do not change when the features after frame i change; the code
+    that first sees a changed frame does change (so the test can fail)."""
+    torch.manual_seed(0)
+    model = SpeechAE(SPEECHAE_SIZES["debug"]).eval()
+    x = torch.randn(1, 49, 768)
+    base = model.encode(x)
+    for i in (0, 7, 8, 20, 40):
+        y = x.clone()
+        y[:, i + 1 :] = torch.randn_like(y[:, i + 1 :])
+        codes = model.encode(y)
+        seen = i // 8 + 1  # code j sees frames <= 8j
+        assert torch.equal(codes[:, :seen], base[:, :seen])
+        assert not torch.allclose(codes[:, seen:], base[:, seen:])
+
+
+def test_losses_fall_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    model = SpeechAE(SPEECHAE_SIZES["debug"])
+    x = torch.randn(2, 17, 768)
+    model.set_stats(x.reshape(-1, 768))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        losses = speechae_losses(model, x)
+        loss = losses["mse"] + 0.1 * losses["nce"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.6 * first
+
+
+def _cfg(data, **train):
+    return load_config(
+        SpeechRunConfig,
+        overrides=[
+            f"data={data}",
+            "front_end=logmel",
+            "size=debug",
+            "clip_frames=17",
+            "train.batch_size=4",
+            "train.warmup=5",
+            "train.log_every=5",
+            "train.eval_every=10",
+            "train.ckpt_every=10",
+            *[f"train.{k}={v}" for k, v in train.items()],
+        ],
+    )
+
+
+def _losses(run):
+    return [
+        r["loss"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
+
+
+def test_training_resume_is_exact_and_release_round_trips(synth_dataset, tmp_path):
+    full = tmp_path / "full"
+    train_speech(_cfg(synth_dataset, steps=20), full, progress=False)
+    half = tmp_path / "half"
+    assert train_speech(_cfg(synth_dataset, steps=20), half, progress=False, stop_at=10) is None
+    assert not (half / "speechae.safetensors").exists()
+    # continue the interrupted run: same losses as the uninterrupted run
+    train_speech(_cfg(synth_dataset, steps=20), half, resume=True, progress=False)
+    assert _losses(full) == _losses(half) and len(_losses(full)) == 4
+    a, b = load_speechae(full), load_speechae(half)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    metrics = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any("test_retrieval" in m for m in metrics)
+    assert a.cfg.front_end == "logmel" and a.cfg.feat_dim == 160
+    assert len(list((full / "checkpoints").iterdir())) == 2
+
+
+def test_run_folder_and_config_errors(synth_dataset, tmp_path):
+    train_speech(_cfg(synth_dataset, steps=5), tmp_path / "r", progress=False)
+    with pytest.raises(ReadtalkError, match="--resume"):
+        train_speech(_cfg(synth_dataset, steps=5), tmp_path / "r", progress=False)
+    with pytest.raises(ReadtalkError, match=r"unknown config key train\.lrr"):
+        load_config(SpeechRunConfig, overrides=["train.lrr=1"])
+    with pytest.raises(ReadtalkError, match="clip_frames"):
+        _cfg(synth_dataset, steps=5).__class__(data="x", clip_frames=20).validate()
+    with pytest.raises(ReadtalkError, match=r"not a safetensors|not found"):
+        load_speechae(tmp_path / "nothing.safetensors")
+
+
+def test_cli_train_and_eval_speech(synth_dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = [
+        "train",
+        "speech",
+        "--data",
+        str(synth_dataset),
+        "--out",
+        str(out),
+        "--front-end",
+        "logmel",
+        "--steps",
+        "6",
+        "--set",
+        "size=debug",
+        "--set",
+        "clip_frames=17",
+        "--set",
+        "train.batch_size=2",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert main([*args[:-1], "--set", "train.nope=1", "--quiet"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert (
+        main(["eval-speech", "--weights", str(out), "--data", str(synth_dataset), "--quiet"]) == 0
+    )
+    assert "frame retrieval" in capsys.readouterr().out
