@@ -16,4 +16,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# real speech for the tests (pyannote-audio ships a 30-s English sample; its code is not used)
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps pyannote-audio==4.0.7
 touch .venv/.readtalk-installed
