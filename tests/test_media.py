@@ -75,3 +75,34 @@ def test_manifest_errors(tmp_path):
     (tmp_path / "manifest.jsonl").write_text("{not json\n")
     with pytest.raises(ReadtalkError, match="not valid JSON"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fmt, codec, ext, rate",
+    [
+        ("mp3", "libmp3lame", "mp3", 44100),
+        ("ipod", "aac", "m4a", 44100),
+        ("ogg", "libopus", "ogg", 48000),
+        ("flac", "flac", "flac", 22050),
+    ],
+)
+def test_load_audio_reads_common_formats(tmp_path, fmt, codec, ext, rate):
+    from fractions import Fraction
+
+    import av
+
+    x = (0.3 * np.sin(np.arange(rate) / rate * 2 * np.pi * 440)).astype(np.float32)
+    path = tmp_path / f"a.{ext}"
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=rate)
+        s.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([x, x], 1).reshape(1, -1), format="flt", layout="stereo"
+        )
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        for p in [*s.encode(frame), *s.encode()]:
+            c.mux(p)
+    a = load_audio(path)
+    assert abs(len(a) - 16000) <= 400  # 1 s at 16 kHz (codec padding at most 25 ms)
+    spectrum = np.abs(np.fft.rfft(a[2000:14000]))
+    assert abs(np.argmax(spectrum) * 16000 / 12000 - 440) < 5  # the same tone
