@@ -75,6 +75,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_run(cfg: Any, out: str | Path, resume: bool) -> Run:
+    """Validate a stage config (it has ``validate()`` and ``train: OptimConfig``), open its run
+    folder, and set threads and seeds."""
+    cfg.validate()
+    run = Run(out, cfg, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    return run
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

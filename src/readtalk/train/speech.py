@@ -33,12 +33,11 @@ from readtalk.speech.speechae import (
 )
 from readtalk.train.common import (
     OptimConfig,
-    Run,
     atomic_save,
     fit,
     load_release,
     save_release,
-    seed_everything,
+    start_run,
 )
 
 RELEASE_KIND = "readtalk.speechae"
@@ -174,12 +173,8 @@ def train_speech(
     ``stop_at`` ends the run after that many steps as an interruption would (the last
     checkpoint stays, no release is written, None is returned); ``resume`` continues it.
     """
-    cfg.validate()
-    run = Run(out, cfg, resume)
+    run = start_run(cfg, out, resume)
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    seed_everything(tc.seed)
     cache = cached_features(cfg, run.root, progress)
     train_feats = [x for x in cache["train"].values() if x.shape[0] >= cfg.clip_frames]
     if not train_feats:
