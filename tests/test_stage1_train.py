@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from readtalk.cli import main
+from readtalk.config import load_config
+from readtalk.errors import ReadtalkError
+from readtalk.eval.pixel import psnr, ssim
+from readtalk.train.vae import VAERunConfig, fit_size, real_footage, train_vae
+
+
+def _cfg(data, steps, **kw):
+    sets = {
+        "data": data,
+        "preset": "debug",
+        "size": 64,
+        "clip_frames": 9,
+        "eval_frames": 9,
+        "eval_clips": 1,
+        "train.steps": steps,
+        "train.log_every": 2,
+        "train.eval_every": 4,
+        "train.ckpt_every": 2,
+        "train.batch_size": 1,
+        "train.warmup": 2,
+        **kw,
+    }
+    return load_config(VAERunConfig, overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+def _losses(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_vae_training_resumes_exactly(synth_dataset, tmp_path):
+    full = train_vae(_cfg(synth_dataset, 6), tmp_path / "full", progress=False)
+    assert train_vae(_cfg(synth_dataset, 6), tmp_path / "half", progress=False, stop_at=4) is None
+    train_vae(_cfg(synth_dataset, 6), tmp_path / "half", resume=True, progress=False)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "half")
+    assert len(_losses(tmp_path / "full")) == 3
+    records = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert any("test_psnr" in r for r in records)
+    assert full.is_file()
+
+
+def test_vae_config_errors(synth_dataset):
+    with pytest.raises(ReadtalkError, match=r"clip_frames must be 8k\+1"):
+        _cfg(synth_dataset, 2, clip_frames=8).validate()
+    with pytest.raises(ReadtalkError, match="multiple of 32"):
+        _cfg(synth_dataset, 2, size=100).validate()
+
+
+def test_cli_train_and_eval_vae(synth_dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    sets = ["size=64", "clip_frames=9", "eval_clips=1", "eval_frames=9", "train.batch_size=1"]
+    train = [
+        "train",
+        "vae",
+        "--data",
+        str(synth_dataset),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--preset",
+        "debug",
+        "--quiet",
+        *[x for kv in sets for x in ("--set", kv)],
+    ]
+    assert main(train) == 0
+    evaluate = [
+        "eval-vae",
+        "--weights",
+        str(out / "vae.safetensors"),
+        "--data",
+        str(synth_dataset),
+        "--clips",
+        "1",
+        "--quiet",
+        "--frames",
+    ]
+    assert main([*evaluate, "9"]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert main([*evaluate, "10"]) == 2
+    assert "8k+1" in capsys.readouterr().err
+
+
+def test_fit_size_and_real_footage(tmp_path):
+    from readtalk.media import write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (9, 100, 150, 3), dtype=np.uint8)
+    assert fit_size(frames, 64).shape == (9, 64, 64, 3)
+    write_video(tmp_path / "r.mp4", frames)
+    video = real_footage(tmp_path / "r.mp4", 9)
+    assert video.shape == (3, 9, 96, 128) and video.min() >= -1 and video.max() <= 1
+    with pytest.raises(ReadtalkError, match="fewer"):
+        real_footage(tmp_path / "r.mp4", 17)
+
+
+def test_psnr_ssim_against_known_values():
+    a = torch.rand(2, 3, 40, 48)
+    assert ssim(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert psnr(a, (a + 0.1).clamp(0, 1)) == pytest.approx(20.0, abs=0.8)
+    noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert ssim(a, noisy) < ssim(a, (a + 0.05 * torch.randn_like(a)).clamp(0, 1)) < 1
+    skm = pytest.importorskip("skimage.metrics")
+    x, y = a[0].permute(1, 2, 0).numpy(), noisy[0].permute(1, 2, 0).numpy()
+    ref = skm.structural_similarity(
+        x,
+        y,
+        channel_axis=2,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1,
+    )
+    assert ssim(a[:1], noisy[:1]) == pytest.approx(ref, abs=1e-4)
+
+
+def test_overrides_parse_numbers_and_nested_keys():
+    cfg = load_config(
+        VAERunConfig, overrides=["train.lr=5e-4", "train.steps=7", "flip=false", "preset=small"]
+    )
+    assert cfg.train.lr == 5e-4 and cfg.train.steps == 7 and cfg.flip is False
+    assert cfg.train.batch_size == VAERunConfig().train.batch_size  # other defaults kept
+    with pytest.raises(ReadtalkError, match="expected int"):
+        load_config(VAERunConfig, overrides=["train.steps=many"])
