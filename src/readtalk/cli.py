@@ -250,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"readtalk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from readtalk import bench as bench_cli
+    from readtalk import pipeline as pipeline_cli
+    from readtalk.data import cache as cache_cli
+    from readtalk.train import dit as dit_cli
+
+    pipeline_cli.add_cli(sub)  # readtalk generate
     p = sub.add_parser("demo", help="generate a small SynthTalk sample and an overview sheet")
     p.add_argument("--out", default="demo", help="output folder (new or empty)")
     p.add_argument("--clips", type=int, default=6)
@@ -284,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one stage").add_subparsers(
         dest="stage", required=True, metavar="STAGE"
     )
+    dit_cli.add_cli(train)  # readtalk train dit
+    cache_cli.add_cli(sub)  # readtalk cache
     p = train.add_parser("vae", help="train or fine-tune the temporal VAE on a dataset's videos")
     _add_train_args(p)
     p.add_argument("--preset", default=None, help="size preset: debug, small, base, ltx")
@@ -341,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_args(p, clips=16)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_synth)
+    bench_cli.add_cli(bench)  # readtalk bench speed
     return parser
 
 

@@ -224,6 +224,8 @@ def fit(
     progress: bool = True,
     stop_at: int | None = None,
     resume: bool = False,
+    ema: torch.nn.Module | None = None,
+    ema_decay: float = 0.999,
 ) -> bool:
     """The training loop every stage shares; returns False when stopped early by ``stop_at``.
 
@@ -231,12 +233,18 @@ def fit(
     returns a dict whose ``"loss"`` is minimised; every entry is logged. ``evaluate()`` runs
     every ``eval_every`` steps and at the end. Resuming loads the model and optimiser from the
     run's latest checkpoint and drops metrics logged after it, so the numbers continue exactly.
+    ``ema`` (optional, a copy of ``model``) is updated after every optimiser step as
+    ``ema = decay * ema + (1 - decay) * model`` (buffers copied) and checkpointed under "ema".
     """
     start = 0
     state = run.load_latest() if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
+        if ema is not None:
+            if "ema" not in state:
+                raise ReadtalkError("the checkpoint to resume holds no EMA weights")
+            ema.load_state_dict(state["ema"])
         start = state["step"]
         run.truncate_metrics(start)
         run.log(f"resumed at step {start}")
@@ -262,6 +270,8 @@ def fit(
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
+        if ema is not None:
+            _ema_update(ema, model, ema_decay)
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             dt = time.perf_counter() - t_log
@@ -285,10 +295,21 @@ def fit(
             run.metrics({"step": done, **{f"test_{k}": v for k, v in res.items()}})
             run.log(f"step {done}: test {json.dumps(res)}")
         if done % tc.ckpt_every == 0 or done == tc.steps:
+            ckpt = {"model": model.state_dict(), "optim": opt.state_dict(), "config": config}
+            if ema is not None:
+                ckpt["ema"] = ema.state_dict()
             run.save(
-                {"model": model.state_dict(), "optim": opt.state_dict(), "config": config},
+                ckpt,
                 done,
                 tc.keep_last,
             )
     bar.close()
     return True
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm.detach(), 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+        be.copy_(bm)

@@ -1,0 +1,416 @@
+"""``readtalk cache``: encode a dataset once into shards of VAE latents and speech codes.
+
+    readtalk cache --data data/synthtalk --vae vae.safetensors --speech speechae.safetensors \
+        --out cache/synthtalk --frames 121
+
+Every clip (both splits) is cut into non-overlapping windows of ``frames`` (8k+1) frames
+starting at frame 0 (a 121-frame clip gives one window of 121). Per window the cache holds
+
+* ``latent`` (C, f, h, w) float16: the VAE posterior mean of the window,
+* ``ref`` (C, 1, h, w) float16: the clip's reference portrait encoded as a single frame,
+* ``audio`` (f, code_dim) float32: SpeechAE codes of the front-end features of the window's own
+  audio (``front_end.video_features(window_audio, frames)``; Whisper features depend on the
+  position inside its 30-s window, so they are computed per window, not cut from the clip's),
+* ``mouth_open`` / ``gap`` (frames,) float32: SynthTalk ground truth (``mouth.open``,
+  ``measures.gap``) per frame, NaN when the track has none.
+
+Shards ``shard_00000.pt`` ... hold ``shard_size`` windows each (dicts of stacked tensors plus
+``ids``, ``start`` and ``split``), written atomically. ``settings.json`` is written first and
+makes the folder resumable: re-running with the same settings skips finished shards; other
+settings into a non-empty folder are an error. ``meta.json`` is written last: settings, counts
+per split, latent shape, code width, the weights used (path and SHA-256) and the per-channel
+latent mean/std over the train split, which the DiT trains with (latents are normalised as
+``(z - mean) / std``) and which travel with its release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from readtalk.errors import ReadtalkError
+
+FORMAT = "readtalk.cache/1"
+SHARD = "shard_{:05d}.pt"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    data: str  # dataset folder (manifest.jsonl)
+    vae: str  # vae.safetensors (VideoVAE.save)
+    speech: str  # speechae.safetensors (or its run folder)
+    frames: int = 121  # window length, 8k+1
+    size: int = 0  # frame size in pixels (0: the dataset's own)
+    front_end: str = "whisper"  # whisper | logmel
+    whisper: str = ""  # whisper-tiny weights ("" = the default copy)
+    shard_size: int = 64  # windows per shard
+
+    def validate(self) -> None:
+        if self.frames < 9 or (self.frames - 1) % 8:
+            raise ReadtalkError(f"--frames must be 8k+1 and >= 9, got {self.frames}")
+        if self.size < 0 or self.size % 32:
+            raise ReadtalkError(f"--size must be a multiple of 32 (0: native), got {self.size}")
+        if self.shard_size < 1:
+            raise ReadtalkError(f"--shard-size must be positive, got {self.shard_size}")
+        if self.front_end not in ("whisper", "logmel"):
+            raise ReadtalkError(f"--front-end must be whisper or logmel, got {self.front_end!r}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _speech_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p / "speechae.safetensors" if p.is_dir() else p
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _windows(records: list[dict], frames: int) -> tuple[list[tuple[dict, int]], int]:
+    """All (record, start) windows in manifest order, and the number of clips too short."""
+    out, short = [], 0
+    for rec in records:
+        n = int(rec.get("frames") or 0)
+        if n == 0:
+            from readtalk.data.manifest import resolve
+            from readtalk.media import probe
+
+            n = probe(resolve(rec, "video")).frames
+        if n < frames:
+            short += 1
+            continue
+        out.extend((rec, s) for s in range(0, n - frames + 1, frames))
+    return out, short
+
+
+class _ClipReader:
+    """Decodes a clip (video, reference, audio, track) once for all its windows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.key: str | None = None
+
+    def get(self, rec: dict) -> dict:
+        if rec["id"] != self.key:
+            from readtalk.data.manifest import load_track, resolve
+            from readtalk.media import load_audio, read_image, read_video
+            from readtalk.train.speech import clip_audio_path
+            from readtalk.train.vae import fit_size
+
+            video = fit_size(read_video(resolve(rec, "video")), self.size)
+            ref = fit_size(read_image(resolve(rec, "ref"))[None], video.shape[1])
+            try:
+                track = load_track(rec)
+            except ReadtalkError:
+                track = {}
+            self.clip = {
+                "video": video,
+                "ref": ref,
+                "audio": load_audio(clip_audio_path(rec)),
+                "open": (track.get("mouth") or {}).get("open"),
+                "gap": (track.get("measures") or {}).get("gap"),
+            }
+            self.key = rec["id"]
+        return self.clip
+
+
+def _per_frame(values: list | None, start: int, frames: int) -> torch.Tensor:
+    out = torch.full((frames,), float("nan"))
+    if values:
+        v = torch.tensor(values[start : start + frames], dtype=torch.float32)
+        out[: len(v)] = v
+    return out
+
+
+@torch.no_grad()
+def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae) -> dict:
+    from readtalk.media import FPS, SAMPLE_RATE
+    from readtalk.train.vae import to_tensor
+
+    spf = SAMPLE_RATE // FPS
+    video = to_tensor(clip["video"][start : start + frames])[None].to(vae.device)
+    latent = vae.encode(video)[0]  # (C, f, h, w), posterior mean
+    ref = vae.encode(to_tensor(clip["ref"])[None].to(vae.device))[0]  # (C, 1, h, w)
+    audio = np.zeros(frames * spf, dtype=np.float32)
+    piece = clip["audio"][start * spf : (start + frames) * spf]
+    audio[: len(piece)] = piece
+    feats = front_end.video_features(audio, frames).reshape(frames, -1).float()  # (F, 2 dim)
+    codes = speechae.encode(feats[None].to(next(speechae.parameters()).device))[0]  # (f, A)
+    return {
+        "latent": latent.half().cpu(),
+        "ref": ref.half().cpu(),
+        "audio": codes.float().cpu(),
+        "mouth_open": _per_frame(clip["open"], start, frames),
+        "gap": _per_frame(clip["gap"], start, frames),
+    }
+
+
+def build_cache(
+    cfg: CacheConfig, out: str | os.PathLike, progress: bool = True, device: str = "cpu"
+) -> Path:
+    """Encode ``cfg.data`` into ``out`` (resumable); returns the path of ``meta.json``."""
+    from tqdm import tqdm
+
+    from readtalk.data.manifest import load_manifest
+    from readtalk.speech.frontend import load_front_end
+    from readtalk.train.speech import load_speechae
+    from readtalk.vae.model import VideoVAE
+
+    cfg.validate()
+    out = Path(out)
+    vae_path, speech_path = Path(cfg.vae), _speech_file(cfg.speech)
+    for what, p in (("VAE", vae_path), ("SpeechAE", speech_path)):
+        if not p.is_file():
+            raise ReadtalkError(f"{what} weights not found: {p}")
+    speechae = load_speechae(speech_path).to(device)
+    trained_on = speechae.cfg.front_end
+    if (cfg.front_end == "logmel") != (trained_on == "logmel"):
+        raise ReadtalkError(
+            f"SpeechAE {speech_path} was trained on {trained_on!r} features, not "
+            f"--front-end {cfg.front_end}"
+        )
+    records = load_manifest(cfg.data)
+    settings = {
+        "format": FORMAT,
+        **asdict(cfg),
+        "data": str(Path(cfg.data).resolve()),
+        "vae": str(vae_path.resolve()),
+        "speech": str(speech_path.resolve()),
+        "vae_sha256": file_sha256(vae_path),
+        "speech_sha256": file_sha256(speech_path),
+        "manifest_sha256": file_sha256(Path(cfg.data) / "manifest.jsonl"),
+    }
+    settings_path = out / "settings.json"
+    if out.exists() and any(out.iterdir()):
+        old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+        if old != settings:
+            diff = (
+                ", ".join(
+                    f"{k}: {old.get(k)!r} != {v!r}" for k, v in settings.items() if old.get(k) != v
+                )
+                if old
+                else "no settings.json"
+            )
+            raise ReadtalkError(
+                f"{out} is not empty and holds a cache made with other settings ({diff}); "
+                "choose a new --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(settings, settings_path)
+
+    front_end = load_front_end(cfg.front_end, cfg.whisper or None, device=device)
+    if front_end.name != trained_on:
+        raise ReadtalkError(
+            f"SpeechAE {speech_path} was trained on {trained_on!r} features, but the front end "
+            f"is {front_end.name!r}"
+        )
+    vae = VideoVAE.load(vae_path).to(device).eval()
+    windows, short = _windows(records, cfg.frames)
+    if not windows:
+        raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")
+    shards = [windows[i : i + cfg.shard_size] for i in range(0, len(windows), cfg.shard_size)]
+    reader = _ClipReader(cfg.size)
+    bar = tqdm(total=len(windows), desc="cache", unit="window", disable=not progress)
+    names = []
+    for k, shard in enumerate(shards):
+        name = SHARD.format(k)
+        names.append(name)
+        if (out / name).is_file():
+            bar.update(len(shard))
+            continue
+        items = []
+        for rec, start in shard:
+            items.append(
+                _encode_window(reader.get(rec), start, cfg.frames, vae, front_end, speechae)
+            )
+            bar.update(1)
+        data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
+        data["ids"] = [rec["id"] for rec, _ in shard]
+        data["start"] = torch.tensor([s for _, s in shard])
+        data["split"] = [rec["split"] for rec, _ in shard]
+        from readtalk.train.common import atomic_save
+
+        atomic_save(data, out / name)
+    bar.close()
+
+    # statistics over the train split (float64 sums, one shard at a time)
+    total = sq = None
+    count = 0
+    shape = code_dim = None
+    for name in names:
+        d = torch.load(out / name, map_location="cpu", weights_only=False)
+        shape = list(d["latent"].shape[1:])
+        code_dim = int(d["audio"].shape[-1])
+        keep = torch.tensor([s == "train" for s in d["split"]])
+        z = d["latent"][keep].double().transpose(0, 1).reshape(shape[0], -1)  # (C, n)
+        total = z.sum(1) if total is None else total + z.sum(1)
+        sq = z.pow(2).sum(1) if sq is None else sq + z.pow(2).sum(1)
+        count += z.shape[1]
+    if count == 0:
+        raise ReadtalkError(f"{cfg.data} has no clip of {cfg.frames} frames in the train split")
+    mean = total / count
+    std = (sq / count - mean.pow(2)).clamp_min(1e-12).sqrt().clamp_min(1e-4)
+    counts = {s: sum(r["split"] == s for r, _ in windows) for s in ("train", "test")}
+    clips = {s: len({r["id"] for r, _ in windows if r["split"] == s}) for s in ("train", "test")}
+    meta = {
+        "format": FORMAT,
+        "settings": settings,
+        "windows": counts,
+        "clips": clips,
+        "skipped_short": short,
+        "shards": names,
+        "frames": cfg.frames,
+        "latent_shape": shape,
+        "code_dim": code_dim,
+        "front_end": front_end.name,
+        "vae": {"path": settings["vae"], "sha256": settings["vae_sha256"]},
+        "speechae": {"path": settings["speech"], "sha256": settings["speech_sha256"]},
+        "latent_mean": mean.tolist(),
+        "latent_std": std.tolist(),
+    }
+    _write_json(meta, out / "meta.json")
+    return out / "meta.json"
+
+
+class CachedLatents:
+    """A cache folder in memory: ``latent``/``ref`` (N, C, ...) float16, ``audio`` (N, f, A),
+    ``mouth_open``/``gap`` (N, frames), ``ids``, ``split``; optionally one split only."""
+
+    def __init__(self, root: str | os.PathLike, split: str | None = None) -> None:
+        root = Path(root)
+        if not (root / "meta.json").is_file():
+            raise ReadtalkError(
+                f"{root} is not a finished cache: no meta.json (run readtalk cache)"
+            )
+        self.root = root
+        self.meta = json.loads((root / "meta.json").read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ReadtalkError(f"{root}: unknown cache format {self.meta.get('format')!r}")
+        if split not in (None, "train", "test"):
+            raise ReadtalkError(f"split must be 'train' or 'test', got {split!r}")
+        parts = [
+            torch.load(root / n, map_location="cpu", weights_only=False)
+            for n in self.meta["shards"]
+        ]
+        self.split_name = split
+        keep = [
+            torch.tensor([split is None or s == split for s in p["split"]], dtype=torch.bool)
+            for p in parts
+        ]
+        self.tensors = {
+            k: torch.cat([p[k][m] for p, m in zip(parts, keep, strict=True)])
+            for k in ("latent", "ref", "audio", "mouth_open", "gap", "start")
+        }
+        mask = [bool(k) for m in keep for k in m]
+        self.ids = [i for i, k in zip((i for p in parts for i in p["ids"]), mask, strict=True) if k]
+        self.split = [
+            s for s, k in zip((s for p in parts for s in p["split"]), mask, strict=True) if k
+        ]
+        self.latent_mean = torch.tensor(self.meta["latent_mean"], dtype=torch.float32)
+        self.latent_std = torch.tensor(self.meta["latent_std"], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        tensors = self.__dict__.get("tensors", {})
+        if name in tensors:
+            return tensors[name]
+        raise AttributeError(name)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, C, ...) latent -> ``(z - mean) / std`` per channel, float32."""
+        view = (1, -1) + (1,) * (z.dim() - 2)
+        return (z.float() - self.latent_mean.view(view)) / self.latent_std.view(view)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (z.dim() - 2)
+        return z.float() * self.latent_std.view(view) + self.latent_mean.view(view)
+
+    def get(self, index: torch.Tensor | list[int], normalize: bool = True) -> dict:
+        """Windows ``index``: latent/ref (normalised float32 unless ``normalize=False``),
+        audio codes, ground truth and the index itself."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        t = self.tensors
+        lat, ref = t["latent"][idx], t["ref"][idx]
+        return {
+            "latent": self.normalize(lat) if normalize else lat.float(),
+            "ref": self.normalize(ref) if normalize else ref.float(),
+            "audio": t["audio"][idx].float(),
+            "mouth_open": t["mouth_open"][idx],
+            "gap": t["gap"][idx],
+            "index": idx,
+        }
+
+    def sample(self, batch: int, rng: np.random.Generator, normalize: bool = True) -> dict:
+        """``batch`` windows drawn uniformly with replacement (a pure function of ``rng``)."""
+        if len(self) == 0:
+            raise ReadtalkError(f"cache {self.root} has no windows in split {self.split_name!r}")
+        return self.get(rng.integers(0, len(self), size=batch).tolist(), normalize)
+
+    def batches(self, batch: int, normalize: bool = True) -> Iterator[dict]:
+        """Every window once, in order, ``batch`` at a time."""
+        for a in range(0, len(self), batch):
+            yield self.get(list(range(a, min(a + batch, len(self)))), normalize)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def cmd_cache(a) -> None:
+    cfg = CacheConfig(
+        data=a.data,
+        vae=a.vae,
+        speech=a.speech,
+        frames=a.frames,
+        size=a.size,
+        front_end=a.front_end,
+        whisper=a.whisper or "",
+        shard_size=a.shard_size,
+    )
+    meta_path = build_cache(cfg, a.out, progress=not a.quiet, device=a.device)
+    meta = json.loads(meta_path.read_text())
+    w = meta["windows"]
+    print(
+        f"wrote {a.out}: {w['train']} train + {w['test']} test windows of {cfg.frames} frames "
+        f"(latent {tuple(meta['latent_shape'])}, codes {meta['code_dim']}-d, "
+        f"{meta['skipped_short']} clips too short skipped)"
+    )
+
+
+def add_cli(sub) -> None:
+    """Register ``readtalk cache`` on the top-level subparsers."""
+    p = sub.add_parser("cache", help="encode a dataset once into latent / speech-code shards")
+    p.add_argument("--data", required=True, help="dataset folder with manifest.jsonl")
+    p.add_argument("--vae", required=True, help="vae.safetensors")
+    p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
+    p.add_argument("--out", required=True, help="cache folder (new, or one to resume)")
+    p.add_argument("--frames", type=int, default=121, help="window length, 8k+1")
+    p.add_argument("--size", type=int, default=0, help="frame size in pixels (0: native)")
+    p.add_argument(
+        "--front-end",
+        choices=("whisper", "logmel"),
+        default="whisper",
+        help="speech features the SpeechAE was trained on",
+    )
+    p.add_argument("--whisper", default=None, help="Whisper-tiny weights (see train speech)")
+    p.add_argument("--shard-size", type=int, default=64, help="windows per shard")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache)

@@ -1,0 +1,286 @@
+"""Stage 3: train the A2V-DiT on a latent cache (``readtalk cache``).
+
+    readtalk train dit --cache cache/synthtalk --out runs/dit --size tiny
+
+Each step draws ``batch_size`` windows from the cache's train split (latents normalised with the
+cache's per-channel statistics), per-frame timesteps from READ's ANS (``ans_train_timesteps``;
+column 0 is the clean reference), Gaussian noise, and condition-dropout masks for
+classifier-free guidance; the loss is the rectified-flow loss on the frames that carry noise
+(``frame_loss_mask``). Evaluation is the same loss on the test split at fixed timesteps
+(``EVAL_T``, all frames alike) with fixed noise, so it is deterministic and falls as the model
+learns; it is reported for the online weights (``loss``) and the EMA weights (``ema_loss``).
+The release ``dit.safetensors`` holds the EMA weights, the ``DiTConfig``, the latent statistics,
+the diffusion settings and the VAE / SpeechAE the cache was made with.
+
+Not done yet: sample videos during training (``sample_every`` must stay 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from readtalk.config import to_dict
+from readtalk.errors import ReadtalkError
+from readtalk.train.common import OptimConfig, fit, start_run
+
+RELEASE_KIND = "readtalk.dit"
+EVAL_T = (0.25, 0.5, 0.75)
+EVAL_SEED = 1234
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    t_mean: float = 0.0  # logit-normal timestep density
+    t_std: float = 1.0
+    shift: float = 1.0  # timestep shift (training and sampling)
+    ans_mode: str = "scaled"  # ANS training mode (readtalk.diffusion.ANS_TRAIN_MODES)
+    p_ans: float = 0.75
+    motion_frames: int = 1  # latent frames of motion context
+    p_drop_audio: float = 0.1  # condition dropout (classifier-free guidance)
+    p_drop_ref: float = 0.0
+    p_drop_both: float = 0.1
+    sample_steps: int = 8  # Euler steps at inference
+
+
+@dataclass(frozen=True)
+class DiTRunConfig:
+    cache: str = ""  # cache folder (readtalk cache)
+    size: str = "tiny"  # DIT_SIZES name; latent_channels / audio_dim come from the cache
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ema_decay: float = 0.999
+    sample_every: int = 0  # sample videos every N steps (0: off; not implemented yet)
+    eval_windows: int = 64  # test windows in the evaluation (0: all)
+    train: OptimConfig = field(
+        default_factory=lambda: OptimConfig(batch_size=8, lr=3e-4, weight_decay=0.0)
+    )
+
+    def validate(self) -> None:
+        from readtalk.diffusion import ANS_TRAIN_MODES
+        from readtalk.dit import DIT_SIZES
+
+        if not self.cache:
+            raise ReadtalkError("no cache given (--cache)")
+        if self.size not in DIT_SIZES:
+            raise ReadtalkError(f"unknown DiT size {self.size!r} (known: {', '.join(DIT_SIZES)})")
+        d = self.diffusion
+        if d.ans_mode not in ANS_TRAIN_MODES:
+            raise ReadtalkError(
+                f"diffusion.ans_mode must be one of {', '.join(ANS_TRAIN_MODES)}, "
+                f"got {d.ans_mode!r}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ReadtalkError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.sample_every:
+            raise ReadtalkError("sample_every is not implemented yet; leave it at 0")
+        if self.eval_windows < 0:
+            raise ReadtalkError(f"eval_windows must be >= 0, got {self.eval_windows}")
+        self.train.validate()
+
+    def model_config(self, meta: dict):
+        from readtalk.dit import DIT_SIZES
+
+        return dataclasses.replace(
+            DIT_SIZES[self.size],
+            latent_channels=int(meta["latent_shape"][0]),
+            audio_dim=int(meta["code_dim"]),
+        )
+
+
+def _torch_gen(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+
+def dit_losses(model, batch: dict, d: DiffusionConfig, gen: torch.Generator) -> dict:
+    """One training step's loss on a cache batch (normalised latents)."""
+    from readtalk.diffusion import (
+        add_noise,
+        ans_train_timesteps,
+        condition_dropout,
+        flow_matching_loss,
+        frame_loss_mask,
+    )
+
+    z0 = batch["latent"]  # (B, C, f, h, w)
+    b, _, f = z0.shape[:3]
+    t = ans_train_timesteps(
+        b,
+        f,
+        gen,
+        mode=d.ans_mode,
+        p_ans=d.p_ans,
+        motion_frames=min(d.motion_frames, f - 1),
+        steps=d.sample_steps,
+        shift=d.shift,
+        mean=d.t_mean,
+        std=d.t_std,
+    )  # (B, 1 + f)
+    noise = torch.randn(z0.shape, generator=gen)
+    zt = add_noise(z0, noise, t[:, 1:])
+    ref_keep, audio_keep = condition_dropout(b, gen, d.p_drop_audio, d.p_drop_ref, d.p_drop_both)
+    v = model(zt, t, batch["ref"], batch["audio"], ref_mask=ref_keep, audio_mask=audio_keep)
+    loss = flow_matching_loss(v, z0, noise, frame_mask=frame_loss_mask(t))
+    return {"loss": loss}
+
+
+@torch.no_grad()
+def eval_loss(model, data, batch_size: int, limit: int = 0) -> float:
+    """Mean flow-matching loss over ``data`` at t in EVAL_T (all frames alike, clean
+    reference) with noise from a fixed seed, every condition kept: deterministic."""
+    from readtalk.diffusion import add_noise, flow_matching_loss
+
+    n = len(data) if not limit else min(limit, len(data))
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    total, count = 0.0, 0
+    for a in range(0, n, batch_size):
+        batch = data.get(list(range(a, min(a + batch_size, n))))
+        z0 = batch["latent"]
+        b, _, f = z0.shape[:3]
+        for tv in EVAL_T:
+            noise = torch.randn(z0.shape, generator=gen)
+            t = torch.full((b, 1 + f), tv)
+            t[:, 0] = 0.0
+            v = model(add_noise(z0, noise, t[:, 1:]), t, batch["ref"], batch["audio"])
+            total += float(flow_matching_loss(v, z0, noise)) * b
+            count += b
+    return total / max(1, count)
+
+
+def train_dit(
+    cfg: DiTRunConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path | None:
+    """Train (or resume) the DiT on a cache; returns the release path (None when ``stop_at``
+    ended the run early, as an interruption would; ``resume`` continues it)."""
+    from readtalk.data.cache import CachedLatents
+    from readtalk.dit import A2VDiT
+
+    run = start_run(cfg, out, resume)
+    tc = cfg.train
+    train = CachedLatents(cfg.cache, "train")
+    test = CachedLatents(cfg.cache, "test")
+    if len(train) == 0:
+        raise ReadtalkError(f"cache {cfg.cache} has no windows in the train split")
+    meta = train.meta
+    if int(meta["latent_shape"][1]) < 2:
+        raise ReadtalkError(
+            "the cache's windows have one latent frame; ANS needs >= 2 (frames >= 9)"
+        )
+    mcfg = cfg.model_config(meta)
+    model = A2VDiT(mcfg)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    run.log(
+        f"DiT {mcfg.name} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        f"{len(train)} train / {len(test)} test windows, latent {meta['latent_shape']}"
+    )
+
+    def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        batch = train.sample(tc.batch_size, rng)
+        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng))
+
+    def evaluate() -> dict[str, float]:
+        ema.eval()
+        return {
+            "loss": eval_loss(model, test, tc.batch_size, cfg.eval_windows),
+            "ema_loss": eval_loss(ema, test, tc.batch_size, cfg.eval_windows),
+        }
+
+    done = fit(
+        run,
+        tc,
+        model,
+        opt,
+        loss_fn,
+        evaluate if len(test) else None,
+        to_dict(cfg),
+        "train dit",
+        progress,
+        stop_at,
+        resume,
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+    )
+    if not done:
+        return None
+    release = save_dit(run.root / "dit.safetensors", ema, meta, cfg.diffusion)
+    run.log(f"wrote {release}")
+    return release
+
+
+def save_dit(path: str | Path, model, meta: dict, diffusion: DiffusionConfig) -> Path:
+    """The DiT release (format: ``readtalk.pipeline.save_dit_release``): weights, the latent
+    statistics, and the settings inference reads (``steps``, ``motion_latents``, ``clip_frames``,
+    ``size``) beside the full training diffusion config."""
+    from readtalk.pipeline import save_dit_release
+
+    d = dataclasses.asdict(diffusion)
+    settings = {
+        **d,
+        "steps": diffusion.sample_steps,
+        "motion_latents": diffusion.motion_frames,
+        "clip_frames": int(meta["frames"]),
+        "size": 32 * int(meta["latent_shape"][-1]),
+    }
+    return save_dit_release(
+        path,
+        model,
+        latent_mean=meta["latent_mean"],
+        latent_std=meta["latent_std"],
+        diffusion=settings,
+        extra={
+            "vae": meta.get("vae", {}),
+            "speechae": meta.get("speechae", {}),
+            "frames": meta.get("frames"),
+        },
+    )
+
+
+def load_dit(path: str | Path):
+    """A trained DiT from its release (or a run folder holding one) -> ``(model, info)`` where
+    ``info`` has ``latent_mean``/``latent_std`` tensors (C,), ``diffusion`` (DiffusionConfig),
+    ``vae``/``speechae`` (dicts with the path and SHA-256 of the weights the cache used)."""
+    from readtalk.pipeline import load_dit_release
+
+    rel = load_dit_release(path)
+    known = {f.name for f in dataclasses.fields(DiffusionConfig)}
+    info = {
+        "latent_mean": rel.latent_mean,
+        "latent_std": rel.latent_std,
+        "diffusion": DiffusionConfig(**{k: v for k, v in rel.diffusion.items() if k in known}),
+        "vae": rel.extra.get("vae", {}),
+        "speechae": rel.extra.get("speechae", {}),
+    }
+    return rel.model, info
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def cmd_train_dit(a) -> None:
+    from readtalk.cli import _train_config
+
+    if a.data:
+        raise ReadtalkError("train dit reads a latent cache: pass --cache (see readtalk cache)")
+    cfg = _train_config(DiTRunConfig, a, {"cache": a.cache, "size": a.size})
+    path = train_dit(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+
+
+def add_cli(train_sub) -> None:
+    """Register ``readtalk train dit`` on the ``train`` subparsers."""
+    from readtalk.cli import _add_train_args
+
+    p = train_sub.add_parser("dit", help="train the audio-to-video DiT on a latent cache")
+    _add_train_args(p)
+    p.add_argument("--cache", default=None, help="cache folder written by readtalk cache")
+    p.add_argument("--size", default=None, help="DiT size: debug, tiny, small, base, paper")
+    p.set_defaults(func=cmd_train_dit)
