@@ -66,8 +66,9 @@ def cmd_synth(a: argparse.Namespace) -> None:
 
     out = generate(_synth_config(a), a.out, progress=not a.quiet)
     summary = json.loads((out / "synthtalk.json").read_text())
+    n = summary["clips"]
     print(
-        f"wrote {summary['clips']} clips ({summary['train']} train, {summary['test']} test, "
+        f"wrote {n} clip{'s' * (n != 1)} ({summary['train']} train, {summary['test']} test, "
         f"{summary['identities']} identities, {summary['hours'] * 60:.1f} min of video) to "
         f"{out} in {summary['seconds']:.1f} s ({summary['clips_per_second']:.2f} clips/s)"
     )
