@@ -503,7 +503,7 @@ class Pipeline:
         import torch
         from tqdm import tqdm
 
-        from readtalk.diffusion import Guidance, ans_sample, plan_clips, timestep_schedule
+        from readtalk.diffusion import Guidance, iter_clips, plan_clips, timestep_schedule
         from readtalk.train.vae import to_tensor
 
         st = self.settings(**kw)
@@ -545,28 +545,27 @@ class Pipeline:
         bar = tqdm(
             total=len(plan) * st["steps"], desc="generate", unit="step", disable=not progress
         )
-        prev: Tensor | None = None
+
+        def cond_for(window) -> dict[str, Tensor]:
+            bar.set_postfix(clip=f"{window.index + 1}/{len(plan)}")
+            return {"ref": ref, "audio": codes_for(window)}
+
+        clips = iter_clips(
+            model_fn,
+            plan,
+            cond_for,
+            schedule,
+            (1, c, h, w),
+            generator=gen,
+            motion_mode=motion_mode,
+            guidance=guidance,
+            device=dev,
+            dtype=torch.float32,
+            callback=lambda i, _z: bar.update(1),
+        )
         try:
-            for window in plan:
-                bar.set_postfix(clip=f"{window.index + 1}/{len(plan)}")
-                cond = {"ref": ref, "audio": codes_for(window)}
-                noise = torch.randn(
-                    1, c, window.latents, h, w, generator=gen, device=dev, dtype=torch.float32
-                )
-                m = window.motion_latents
-                motion = None if (m == 0 or prev is None) else prev[:, :, prev.shape[2] - m :]
-                z = ans_sample(
-                    model_fn,
-                    noise,
-                    schedule,
-                    motion=motion,
-                    motion_mode=motion_mode,
-                    cond=cond,
-                    guidance=guidance,
-                    callback=lambda i, _z: bar.update(1),
-                )
-                prev = z.float()
-                latent = self._denormalize(prev)
+            for window, z in zip(plan, clips, strict=True):
+                latent = self._denormalize(z.float())
                 done = 0  # clip-local index of the next decoded frame
                 for run in self.vae.iter_decode(latent.to(dt)):
                     a, b = done, done + run.shape[2]

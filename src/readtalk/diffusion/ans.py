@@ -355,6 +355,7 @@ def iter_clips(
     motion_fn: Callable[[Tensor, ClipWindow], Tensor] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> Iterator[Tensor]:
     """Sample the clips of a plan in order with ``ans_sample``; yields each clip's latents
     ``(B, C, plan[k].latents, h, w)`` as soon as it is done (streaming).
@@ -364,7 +365,8 @@ def iter_clips(
     ``torch.randn`` from ``generator``, so the video is deterministic for a seed. The motion
     of clip ``k`` is ``motion_fn(previous latents, window)``, by default the previous clip's
     last ``m`` latents (a pipeline may instead re-encode the previous clip's last ``8m - 7``
-    decoded frames: same timeline, a first latent of the kind training saw).
+    decoded frames: same timeline, a first latent of the kind training saw). ``callback`` is
+    passed to ``ans_sample`` (called after every step, e.g. for a progress bar).
     """
     b, c, h, w = shape
     if device is None and generator is not None:
@@ -388,5 +390,6 @@ def iter_clips(
             cond=cond,
             guidance=guidance,
             ref_frames=ref_frames,
+            callback=callback,
         )
         yield prev
