@@ -20,6 +20,7 @@ import torch
 
 from readtalk.data.cache import FORMAT, SHARD, CacheConfig, CachedLatents, build_cache
 from readtalk.errors import ReadtalkError
+from readtalk.media import read_image
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
 from readtalk.train.common import OptimConfig, atomic_save, save_release
 from readtalk.train.dit import (
@@ -327,3 +328,30 @@ def test_cache_cli_resumes(cache, capsys):
     cmd_cache(parser.parse_args(args))
     assert {p.name: p.stat().st_mtime_ns for p in cache["out"].glob("shard_*.pt")} == mtimes
     assert "18" not in capsys.readouterr().err
+
+
+def test_evaluation_samples_are_written_and_scored(cache, tmp_path):
+    cfg = dataclasses.replace(_run_cfg(cache["out"], 2, eval_every=2), samples=2)
+    train_dit(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "test_sample_mouth_visible" in r][-1]
+    assert 0.0 <= last["test_sample_mouth_visible"] <= 1.0
+    assert "test_recon_mouth_corr" in last and "test_sample_mouth_corr" in last
+    assert (tmp_path / "run/samples/step_0000002.mp4").is_file()
+    sheet = read_image(tmp_path / "run/samples/step_0000002.png")
+    assert sheet.shape[0] > 2 * SIZE  # one row per sampled window
+    with pytest.raises(ReadtalkError, match="samples must be"):
+        dataclasses.replace(cfg, samples=-1).validate()
+
+
+def test_samples_need_the_cache_vae(cache, tmp_path):
+    import shutil
+
+    moved = tmp_path / "cache"
+    shutil.copytree(cache["out"], moved)
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["vae"]["path"] = str(tmp_path / "gone.safetensors")
+    (moved / "meta.json").write_text(json.dumps(meta))
+    cfg = dataclasses.replace(_run_cfg(moved, 2, eval_every=2), samples=1)
+    with pytest.raises(ReadtalkError, match="samples need the cache's VAE"):
+        train_dit(cfg, tmp_path / "run", progress=False)

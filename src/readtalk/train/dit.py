@@ -12,7 +12,14 @@ learns; it is reported for the online weights (``loss``) and the EMA weights (``
 The release ``dit.safetensors`` holds the EMA weights, the ``DiTConfig``, the latent statistics,
 the diffusion settings and the VAE / SpeechAE the cache was made with.
 
-Not done yet: sample videos during training (``sample_every`` must stay 0).
+With ``samples=N``, every evaluation also generates the first N test windows with the EMA
+weights (8-step Split-CFG, fixed noise), decodes them with the cache's VAE, writes
+``samples/step_XXXXXXX.mp4`` (the first window) and ``.png`` (a contact sheet, one row per
+window), and, where the cache holds SynthTalk ground truth, scores lip sync: the Pearson
+correlation of the mouth reader's per-frame lip gap on the generated frames with the true gap
+(``sample_mouth_corr``), beside the same score for the VAE's reconstruction of the true latents
+(``recon_mouth_corr``, the ceiling this VAE allows), and the fraction of frames in which a
+mouth opening is visible at all (``*_mouth_visible``).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class DiTRunConfig:
     size: str = "tiny"  # DIT_SIZES name; latent_channels / audio_dim come from the cache
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ema_decay: float = 0.999
-    sample_every: int = 0  # sample videos every N steps (0: off; not implemented yet)
+    samples: int = 0  # test windows generated, decoded and scored at each evaluation (0: off)
     eval_windows: int = 64  # test windows in the evaluation (0: all)
     train: OptimConfig = field(
         default_factory=lambda: OptimConfig(batch_size=8, lr=3e-4, weight_decay=0.0)
@@ -76,8 +83,8 @@ class DiTRunConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ReadtalkError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.sample_every:
-            raise ReadtalkError("sample_every is not implemented yet; leave it at 0")
+        if self.samples < 0:
+            raise ReadtalkError(f"samples must be >= 0, got {self.samples}")
         if self.eval_windows < 0:
             raise ReadtalkError(f"eval_windows must be >= 0, got {self.eval_windows}")
         self.train.validate()
@@ -187,12 +194,21 @@ def train_dit(
         batch = train.sample(tc.batch_size, rng)
         return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng))
 
+    sampler = (
+        SampleWriter(run.root / "samples", test, cfg.samples, cfg.diffusion)
+        if cfg.samples and len(test)
+        else None
+    )
+
     def evaluate() -> dict[str, float]:
         ema.eval()
-        return {
+        res = {
             "loss": eval_loss(model, test, tc.batch_size, cfg.eval_windows),
             "ema_loss": eval_loss(ema, test, tc.batch_size, cfg.eval_windows),
         }
+        if sampler is not None:
+            res.update(sampler(ema, _optimizer_step(opt)))
+        return res
 
     done = fit(
         run,
@@ -214,6 +230,94 @@ def train_dit(
     release = save_dit(run.root / "dit.safetensors", ema, meta, cfg.diffusion)
     run.log(f"wrote {release}")
     return release
+
+
+def _optimizer_step(opt: torch.optim.Optimizer) -> int:
+    """Optimiser steps taken so far (survives resume, unlike a counter)."""
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
+
+
+class SampleWriter:
+    """Generate, decode, save and score the first ``n`` test windows of a cache."""
+
+    def __init__(self, folder: Path, test, n: int, d: DiffusionConfig) -> None:
+        from readtalk.vae.model import VideoVAE
+
+        vae_path = (test.meta.get("vae") or {}).get("path")
+        if not vae_path or not Path(vae_path).is_file():
+            raise ReadtalkError(
+                f"samples need the cache's VAE, which is not at {vae_path!r}; set samples=0"
+            )
+        self.folder, self.d = folder, d
+        self.vae = VideoVAE.load(vae_path).eval()
+        self.batch = test.get(list(range(min(n, len(test)))))
+        gen = torch.Generator().manual_seed(EVAL_SEED + 1)
+        self.noise = torch.randn(self.batch["latent"].shape, generator=gen)
+        self.test = test
+        self.recon_corr, self.recon_visible = self._mouth(self._frames(self.batch["latent"]))
+
+    @torch.no_grad()
+    def _frames(self, z: torch.Tensor) -> np.ndarray:
+        """Normalised latents (n, C, f, h, w) -> uint8 videos (n, F, H, W, 3)."""
+        video = self.vae.decode(self.test.denormalize(z))  # (n, 3, F, H, W) in [-1, 1]
+        return (
+            video.add(1)
+            .mul(127.5)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+            .permute(0, 2, 3, 4, 1)
+            .numpy()
+        )
+
+    def _mouth(self, videos: np.ndarray) -> tuple[float, float]:
+        """Mean Pearson correlation of the read lip gap with the true one (NaN when undefined:
+        no ground truth, or no mouth ever seen) and the fraction of frames with a visible
+        mouth opening (0 when the model or the VAE draws no mouth at all)."""
+        from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
+
+        scores, visible = [], []
+        for video, gap in zip(videos, self.batch["gap"].numpy(), strict=True):
+            read = np.array([read_mouth(f).gap for f in video])
+            visible.append(float((read > 0).mean()))
+            if not np.isnan(gap).any():
+                scores.append(pearson(gap, read))
+        scores = [x for x in scores if not np.isnan(x)]
+        return (float(np.mean(scores)) if scores else float("nan"), float(np.mean(visible)))
+
+    @torch.no_grad()
+    def __call__(self, model, step: int) -> dict[str, float]:
+        from readtalk.diffusion import Guidance, sample_euler, timestep_schedule
+        from readtalk.media import contact_sheet, write_image, write_video
+
+        def model_fn(z, t, rm, am, cond):
+            return model(z, t, cond["ref"], cond["audio"], rm, am)
+
+        z = sample_euler(
+            model_fn,
+            self.noise,
+            timestep_schedule(self.d.sample_steps, self.d.shift),
+            cond={"ref": self.batch["ref"], "audio": self.batch["audio"]},
+            guidance=Guidance("split"),
+        )
+        videos = self._frames(z)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_video(self.folder / f"step_{step:07d}.mp4", videos[0])
+        cols = np.linspace(0, videos.shape[1] - 1, 8).round().astype(int)
+        write_image(
+            self.folder / f"step_{step:07d}.png",
+            contact_sheet([v[i] for v in videos for i in cols], cols=len(cols)),
+        )
+        corr, visible = self._mouth(videos)
+        return {
+            "sample_mouth_corr": corr,
+            "sample_mouth_visible": visible,
+            "recon_mouth_corr": self.recon_corr,
+            "recon_mouth_visible": self.recon_visible,
+        }
 
 
 def save_dit(path: str | Path, model, meta: dict, diffusion: DiffusionConfig) -> Path:
