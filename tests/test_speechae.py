@@ -141,3 +141,49 @@ def test_cli_train_and_eval_speech(synth_dataset, tmp_path, capsys):
         main(["eval-speech", "--weights", str(out), "--data", str(synth_dataset), "--quiet"]) == 0
     )
     assert "frame retrieval" in capsys.readouterr().out
+
+
+def test_cli_resume_uses_the_runs_config(synth_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = [
+        "train",
+        "speech",
+        "--data",
+        str(synth_dataset),
+        "--out",
+        str(out),
+        "--front-end",
+        "logmel",
+        "--steps",
+        "4",
+        "--set",
+        "size=debug",
+        "--set",
+        "clip_frames=17",
+        "--set",
+        "train.batch_size=2",
+        "--quiet",
+    ]
+    assert main(first) == 0
+    # no --data, a --set and a longer schedule: the rest comes from the run's config.yaml
+    assert (
+        main(
+            [
+                "train",
+                "speech",
+                "--out",
+                str(out),
+                "--resume",
+                "--steps",
+                "6",
+                "--set",
+                "train.threads=1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    saved = (out / "config.yaml").read_text()
+    assert "steps: 6" in saved and "size: debug" in saved and "clip_frames: 17" in saved
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 6

@@ -158,20 +158,22 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def _train_config(cls, a: argparse.Namespace, extra: dict):
-    from readtalk.config import load_config, parse_overrides
+    """The run's config: on --resume the run folder's own config.yaml, then --config, the
+    command-line options and --set overrides on top."""
+    import yaml
 
-    base = {"data": a.data} if a.data else {}
+    from readtalk.config import load_config, merge, parse_overrides
+
+    base: dict = {}
+    saved = Path(a.out) / "config.yaml"
+    if a.resume and saved.is_file():
+        base = yaml.safe_load(saved.read_text()) or {}
+    cli: dict = {"data": a.data} if a.data else {}
     if a.steps:
-        base["train"] = {"steps": a.steps}
-    for k, v in extra.items():
-        if v is not None:
-            base[k] = v
-    if a.resume and not a.config and not a.set and (Path(a.out) / "config.yaml").is_file():
-        import yaml  # resume with the run's own resolved config unless told otherwise
-
-        base = {**yaml.safe_load((Path(a.out) / "config.yaml").read_text()), **base}
+        cli["train"] = {"steps": a.steps}
+    cli.update({k: v for k, v in extra.items() if v is not None})
     parse_overrides(a.set or [])  # syntax errors first, as one line
-    return load_config(cls, a.config, a.set, base=base)
+    return load_config(cls, a.config, a.set, base=merge(base, cli))
 
 
 def cmd_train_speech(a: argparse.Namespace) -> None:

@@ -73,7 +73,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         current = getattr(base, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             # a partial nested mapping overrides this field's default, not the class defaults
-            kwargs[name] = from_dict(type(current), _merge(dataclasses.asdict(current), value), key)
+            kwargs[name] = from_dict(type(current), merge(dataclasses.asdict(current), value), key)
         else:
             kwargs[name] = _coerce(value, hints[name], key)
     return dataclasses.replace(base, **kwargs)
@@ -107,10 +107,11 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge(a: dict, b: dict) -> dict:
+    """Nested dict ``a`` updated by ``b`` (mappings merge, everything else replaces)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -132,8 +133,8 @@ def load_config(
             raise ReadtalkError(f"config file {p} is not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise ReadtalkError(f"config file {p} must hold a mapping")
-        data = _merge(data, loaded)
-    data = _merge(data, parse_overrides(overrides or []))
+        data = merge(data, loaded)
+    data = merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data)
 
 
