@@ -113,58 +113,37 @@ def test_run_folder_and_config_errors(synth_dataset, tmp_path):
         load_speechae(tmp_path / "nothing.safetensors")
 
 
-def test_cli_train_and_eval_speech(synth_dataset, tmp_path, capsys):
-    out = tmp_path / "cli"
-    args = [
+def _cli_train(data, out, steps: int) -> list[str]:
+    sets = ["size=debug", "clip_frames=17", "train.batch_size=2"]
+    return [
         "train",
         "speech",
         "--data",
-        str(synth_dataset),
+        str(data),
         "--out",
         str(out),
         "--front-end",
         "logmel",
         "--steps",
-        "6",
-        "--set",
-        "size=debug",
-        "--set",
-        "clip_frames=17",
-        "--set",
-        "train.batch_size=2",
+        str(steps),
         "--quiet",
+        *[x for kv in sets for x in ("--set", kv)],
     ]
-    assert main(args) == 0
-    assert main([*args[:-1], "--set", "train.nope=1", "--quiet"]) == 2
+
+
+def test_cli_train_and_eval_speech(synth_dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(_cli_train(synth_dataset, out, 6)) == 0
+    assert main([*_cli_train(synth_dataset, tmp_path / "bad", 6), "--set", "train.nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
-    assert (
-        main(["eval-speech", "--weights", str(out), "--data", str(synth_dataset), "--quiet"]) == 0
-    )
+    evaluate = ["eval-speech", "--weights", str(out), "--data", str(synth_dataset), "--quiet"]
+    assert main(evaluate) == 0
     assert "frame retrieval" in capsys.readouterr().out
 
 
 def test_cli_resume_uses_the_runs_config(synth_dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    first = [
-        "train",
-        "speech",
-        "--data",
-        str(synth_dataset),
-        "--out",
-        str(out),
-        "--front-end",
-        "logmel",
-        "--steps",
-        "4",
-        "--set",
-        "size=debug",
-        "--set",
-        "clip_frames=17",
-        "--set",
-        "train.batch_size=2",
-        "--quiet",
-    ]
-    assert main(first) == 0
+    assert main(_cli_train(synth_dataset, out, 4)) == 0
     # no --data, a --set and a longer schedule: the rest comes from the run's config.yaml
     assert (
         main(
