@@ -122,7 +122,7 @@ def run_speed(
     from readtalk.dit.model import DIT_SIZES, A2VDiT, num_params
     from readtalk.pipeline import resolve_device, resolve_dtype
     from readtalk.speech.frontend import load_front_end
-    from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, SpeechAEConfig
+    from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, SpeechAEConfig, window_codes
     from readtalk.speech.whisper import default_whisper_path
     from readtalk.vae.model import VideoVAE, get_preset
 
@@ -213,11 +213,7 @@ def run_speed(
         )
         t_dec, _ = _timed(lambda: vae.decode(lat.to(dt)), dev, 1)
 
-        def speech():
-            feats = fe.video_features(audio, clip_frames).reshape(1, clip_frames, -1)
-            return sae.encode(feats.to(dev, torch.float32))
-
-        t_sp, _ = _timed(speech, dev, repeats)
+        t_sp, _ = _timed(lambda: window_codes(sae, fe, audio, 0, clip_frames), dev, repeats)
 
     flops = dit_flops(dcfg, f, h, w)
     per_clip = flops["total"] * steps * guidance.passes
@@ -299,7 +295,9 @@ def cmd_bench_speed(a: argparse.Namespace) -> None:
         cfg = DIT_SIZES[a.size]
         f, hw = 1 + (a.clip_frames - 1) // 8, a.res // 32
         fl = dit_flops(cfg, f, hw, hw)
-        passes = {"split": 3, "joint": 2, "none": 1}[a.cfg]
+        from readtalk.diffusion import Guidance
+
+        passes = Guidance(mode=a.cfg).passes
         print(
             f"DiT {a.size} ({num_params(cfg) / 1e6:.1f} M params), {a.clip_frames} frames at "
             f"{a.res}px ({(1 + f) * hw * hw} tokens): {_fmt_flops(fl['total'])} per forward "

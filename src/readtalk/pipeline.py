@@ -258,14 +258,6 @@ class GenerationResult:
 # --------------------------------------------------------------------------------- pipeline
 
 
-def _to_uint8(video: Tensor) -> np.ndarray:
-    """(3, F, H, W) in [-1, 1] -> uint8 (F, H, W, 3)."""
-    import torch
-
-    x = video.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
 class Pipeline:
     """Portrait + speech -> talking-head video (module docstring)."""
 
@@ -504,7 +496,8 @@ class Pipeline:
         from tqdm import tqdm
 
         from readtalk.diffusion import Guidance, iter_clips, plan_clips, timestep_schedule
-        from readtalk.train.vae import to_tensor
+        from readtalk.speech.speechae import window_codes
+        from readtalk.train.vae import to_tensor, to_uint8
 
         st = self.settings(**kw)
         guidance = Guidance(
@@ -525,17 +518,10 @@ class Pipeline:
         ref = self._normalize(self.vae.encode(ref_px).float())  # (1, C, 1, h, w)
         _, c, _, h, w = ref.shape
 
-        # audio padded with silence up to the plan's end
-        need = plan[-1].frame_stop * SAMPLES_PER_FRAME
-        padded = np.zeros(max(need, len(audio)), np.float32)
-        padded[: len(audio)] = audio
-
-        def codes_for(window) -> Tensor:
-            a = window.frame_start * SAMPLES_PER_FRAME
-            seg = padded[a : a + window.frames * SAMPLES_PER_FRAME]
-            feats = self.front_end.video_features(seg, window.frames)  # (F, 2, dim)
-            feats = feats.reshape(1, window.frames, -1).to(dev, torch.float32)
-            return self.speechae.encode(feats).float()  # (1, f, A)
+        def codes_for(window) -> Tensor:  # (1, f, A), over the window's own audio
+            return window_codes(
+                self.speechae, self.front_end, audio, window.frame_start, window.frames
+            ).to(dev)
 
         def model_fn(z, t, rm, am, cond):
             return self.dit(z.to(dt), t, cond["ref"].to(dt), cond["audio"].to(dt), rm, am)
@@ -572,7 +558,7 @@ class Pipeline:
                     done = b
                     lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
                     if lo < hi:
-                        yield _to_uint8(run[0, :, lo - a : hi - a])
+                        yield to_uint8(run[0, :, lo - a : hi - a])
         finally:
             bar.close()
 

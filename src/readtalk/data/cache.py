@@ -140,18 +140,13 @@ def _per_frame(values: list | None, start: int, frames: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae) -> dict:
-    from readtalk.media import FPS, SAMPLE_RATE
+    from readtalk.speech.speechae import window_codes
     from readtalk.train.vae import to_tensor
 
-    spf = SAMPLE_RATE // FPS
     video = to_tensor(clip["video"][start : start + frames])[None].to(vae.device)
     latent = vae.encode(video)[0]  # (C, f, h, w), posterior mean
     ref = vae.encode(to_tensor(clip["ref"])[None].to(vae.device))[0]  # (C, 1, h, w)
-    audio = np.zeros(frames * spf, dtype=np.float32)
-    piece = clip["audio"][start * spf : (start + frames) * spf]
-    audio[: len(piece)] = piece
-    feats = front_end.video_features(audio, frames).reshape(frames, -1).float()  # (F, 2 dim)
-    codes = speechae.encode(feats[None].to(next(speechae.parameters()).device))[0]  # (f, A)
+    codes = window_codes(speechae, front_end, clip["audio"], start, frames)[0]  # (f, A)
     return {
         "latent": latent.half().cpu(),
         "ref": ref.half().cpu(),

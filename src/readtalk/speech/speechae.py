@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -154,3 +155,26 @@ def retrieval_accuracy(model: SpeechAE, feats: torch.Tensor) -> float:
     )  # (B, F, F)
     hits = sim.argmax(-1) == torch.arange(feats.shape[1], device=feats.device)
     return float(hits.float().mean())
+
+
+@torch.no_grad()
+def window_codes(
+    model: SpeechAE, front_end, audio: np.ndarray, start: int, frames: int
+) -> torch.Tensor:
+    """Speech codes (1, f, code_dim), float32 on the model's device, of video frames
+    [start, start + frames) of 16-kHz mono ``audio`` (silence past its end).
+
+    The front-end features are computed over the window's own audio: Whisper's features depend
+    on where a frame sits in its 30-s window, so the latent cache (training) and the generation
+    pipeline (inference) both call this, and features computed once for a whole long recording
+    would not match them.
+    """
+    from readtalk.speech.frontend import SAMPLE_RATE
+
+    spf = SAMPLE_RATE // 25  # samples per video frame
+    window = np.zeros(frames * spf, np.float32)
+    piece = audio[start * spf : (start + frames) * spf]
+    window[: len(piece)] = piece
+    feats = front_end.video_features(window, frames).reshape(1, frames, -1)  # (1, F, 2 dim)
+    device = next(model.parameters()).device
+    return model.encode(feats.to(device, torch.float32)).float()

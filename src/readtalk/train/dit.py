@@ -262,16 +262,9 @@ class SampleWriter:
     @torch.no_grad()
     def _frames(self, z: torch.Tensor) -> np.ndarray:
         """Normalised latents (n, C, f, h, w) -> uint8 videos (n, F, H, W, 3)."""
-        video = self.vae.decode(self.test.denormalize(z))  # (n, 3, F, H, W) in [-1, 1]
-        return (
-            video.add(1)
-            .mul(127.5)
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-            .permute(0, 2, 3, 4, 1)
-            .numpy()
-        )
+        from readtalk.train.vae import to_uint8
+
+        return to_uint8(self.vae.decode(self.test.denormalize(z)))  # (n, F, H, W, 3)
 
     def _mouth(self, videos: np.ndarray) -> tuple[float, float]:
         """Mean Pearson correlation of the read lip gap with the true one (NaN when undefined:

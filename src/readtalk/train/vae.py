@@ -65,6 +65,12 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
 
 
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(..., 3, F, H, W) in [-1, 1] -> uint8 (..., F, H, W, 3): the inverse of ``to_tensor``."""
+    x = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.movedim(-4, -1).cpu().numpy()
+
+
 def to_unit(video: torch.Tensor) -> torch.Tensor:
     """(B, 3, F, H, W) in [-1, 1] -> (B*F, 3, H, W) in [0, 1] for the pixel metrics."""
     return video.clamp(-1, 1).add(1).div(2).permute(0, 2, 1, 3, 4).flatten(0, 1)
