@@ -37,6 +37,12 @@ class VAERunConfig:
     clip_frames: int = 17  # training window, 8k+1
     kl_weight: float = 1e-6
     loss: str = "l1"  # l1 | l2
+    # Extra weight on pixels that move inside the window (mouth, eyes, head edges): a pixel
+    # whose distance from the window's mean frame reaches ``motion_scale`` (in [-1, 1] units,
+    # dilated over ``motion_dilate`` pixels) weighs 1 + motion_weight. 0 disables.
+    motion_weight: float = 0.0
+    motion_scale: float = 0.1
+    motion_dilate: int = 9
     flip: bool = True  # random horizontal flips
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
@@ -55,6 +61,8 @@ class VAERunConfig:
                 raise ReadtalkError(f"{name} must be 8k+1 (e.g. 17 or 33), got {v}")
         if self.size and self.size % 32:
             raise ReadtalkError(f"size must be a multiple of 32, got {self.size}")
+        if self.motion_weight < 0 or self.motion_scale <= 0 or self.motion_dilate < 1:
+            raise ReadtalkError("motion_weight must be >= 0, motion_scale > 0, motion_dilate >= 1")
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
         self.train.validate()
@@ -111,6 +119,19 @@ class ClipSampler:
         return torch.stack(out)  # (B, 3, F, H, W)
 
 
+def motion_weights(video: torch.Tensor, weight: float, scale: float, dilate: int) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, F, H, W) for (B, 3, F, H, W) videos in [-1, 1].
+
+    A pixel's motion is its mean absolute distance (over colour) from the window's mean frame,
+    grown by a ``dilate``-pixel max filter so the whole moving part (the lips around a dark
+    opening) is covered; the weight is ``1 + weight * min(motion / scale, 1)``."""
+    d = (video - video.mean(2, keepdim=True)).abs().mean(1, keepdim=True)
+    if dilate > 1:
+        k = dilate | 1
+        d = torch.nn.functional.max_pool3d(d, (1, k, k), stride=1, padding=(0, k // 2, k // 2))
+    return 1.0 + weight * (d / scale).clamp(max=1.0)
+
+
 @torch.no_grad()
 def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
     """Encode (posterior mean) and decode (B, 3, F, H, W) in [-1, 1]."""
@@ -118,14 +139,30 @@ def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_videos(vae, videos: list[torch.Tensor]) -> dict[str, float]:
-    """Mean PSNR and SSIM over (3, F, H, W) videos in [-1, 1]."""
-    ps, ss = [], []
+def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dict[str, float]:
+    """Mean PSNR and SSIM over (3, F, H, W) videos in [-1, 1]; with ``mouth=True`` (SynthTalk
+    faces) also how well the mouth survives: the Pearson correlation of the mouth reader's gap on
+    the reconstruction with its gap on the input (``mouth_corr``, pooled over all frames) and the
+    fraction of frames with an open mouth in the input whose reconstruction shows one too
+    (``mouth_visible``)."""
+    from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
+
+    ps, ss, src, out = [], [], [], []
     for v in videos:
         rec = reconstruct(vae, v[None])
         ps.append(psnr(to_unit(rec), to_unit(v[None])))
         ss.append(ssim(to_unit(rec), to_unit(v[None])))
-    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "clips": len(videos)}
+        if mouth:
+            src += [read_mouth(f).gap for f in to_uint8(v)]
+            out += [read_mouth(f).gap for f in to_uint8(rec[0])]
+    res = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "clips": len(videos)}
+    if mouth and src:
+        src_a, out_a = np.asarray(src), np.asarray(out)
+        corr = pearson(src_a, out_a)
+        res["mouth_corr"] = 0.0 if np.isnan(corr) else corr
+        opened = src_a > 0
+        res["mouth_visible"] = float((out_a[opened] > 0).mean()) if opened.any() else 0.0
+    return res
 
 
 def eval_videos(records: list[dict], frames: int, size: int, max_clips: int) -> list[torch.Tensor]:
@@ -160,6 +197,11 @@ def real_footage(path: str | Path, frames: int) -> torch.Tensor:
         raise ReadtalkError(f"{path} is {w}x{h}: smaller than 32 pixels")
     y0, x0 = (h - h32) // 2, (w - w32) // 2
     return to_tensor(np.ascontiguousarray(video[:frames, y0 : y0 + h32, x0 : x0 + w32]))
+
+
+def is_synthtalk(data: str | Path) -> bool:
+    """Whether a dataset folder was made by ``readtalk synth`` (its faces can be mouth-read)."""
+    return (Path(data) / "synthtalk.json").is_file()
 
 
 def build_vae(cfg: VAERunConfig):
@@ -210,7 +252,12 @@ def train_vae(
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
-        rec = err.abs().mean() if cfg.loss == "l1" else err.pow(2).mean()
+        err = err.abs() if cfg.loss == "l1" else err.pow(2)
+        if cfg.motion_weight:
+            w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
+            rec = (err * w).mean() / w.mean()
+        else:
+            rec = err.mean()
         kl = kl_loss(mean, logvar)
         return {"loss": rec + cfg.kl_weight * kl, "rec": rec, "kl": kl}
 
@@ -220,7 +267,7 @@ def train_vae(
         vae,
         opt,
         loss_fn,
-        (lambda: evaluate_videos(vae, test)) if test else None,
+        (lambda: evaluate_videos(vae, test, mouth=is_synthtalk(cfg.data))) if test else None,
         to_dict(cfg),
         "train vae",
         progress,
@@ -252,7 +299,8 @@ def vae_report(
         recs = load_manifest(data, "test")
         size = int(recs[0].get("size") or 0)
         vids = eval_videos(recs, frames, size, clips)
-        out["test"] = evaluate_videos(vae, list(tqdm(vids, desc="vae eval", disable=not progress)))
+        vids = list(tqdm(vids, desc="vae eval", disable=not progress))
+        out["test"] = evaluate_videos(vae, vids, mouth=is_synthtalk(data))
     if real:
         out["real"] = {**evaluate_videos(vae, [real_footage(real, frames)]), "video": str(real)}
     return out
