@@ -466,3 +466,57 @@ def _to_original_ltx(state: dict, config: VAEConfig) -> dict:
     for extra in ("mean-of-stds", "mean-of-stds_over_std-of-means", "channel"):
         out[f"vae.per_channel_statistics.{extra}"] = torch.ones(c, device=device)
     return out
+
+
+# ------------------------------------------------------------------ residual (LTX 0.9.5) blocks
+
+RES_DEBUG = VAEConfig(
+    name="res-debug",
+    latent_channels=8,
+    block_out_channels=(8, 8, 16, 16),
+    decoder_block_out_channels=(8, 16, 32),
+    layers_per_block=(1, 1, 1, 1),
+    spatio_temporal_scaling=(True, True, True),
+    residual=True,
+)
+
+
+def test_residual_layout_shapes_and_exact_pieces():
+    torch.manual_seed(0)
+    vae = VideoVAE(RES_DEBUG).eval()
+    blocks = [type(b).__name__ for b in vae.ae.encoder.down_blocks]
+    assert blocks == ["LTXVideo095DownBlock3D"] * 3
+    assert VideoVAE("res-small", meta=True).config.residual
+    video = _video(1 + 8 * 12, seed=5)
+    with torch.no_grad():
+        mean, _ = vae.encode_dist(video)
+        assert mean.shape == (1, 8, 13, 1, 1)
+        pm, _ = vae.encode_pieces(video, piece=3)
+        torch.testing.assert_close(pm, mean, rtol=0, atol=1e-5)
+        latent = torch.randn(1, 8, 21, 1, 1, generator=torch.Generator().manual_seed(3))
+        full = vae.decode(latent, clamp=False)
+        pieced = torch.cat(list(vae.iter_decode(latent, piece=4, clamp=False)), dim=2)
+    assert full.shape == (1, 3, 161, 32, 32)
+    torch.testing.assert_close(pieced, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(decoder_block_out_channels=None), "needs decoder_block_out_channels"),
+        (dict(decoder_block_out_channels=(8, 24, 32)), "must double"),
+        (dict(block_out_channels=(8, 12, 16, 16)), "need b % 8 == 0"),
+        (dict(spatio_temporal_scaling=(True, True, False)), "must resample"),
+    ],
+)
+def test_residual_layout_is_checked(change, message):
+    with pytest.raises(ReadtalkError, match=message):
+        dataclasses.replace(RES_DEBUG, **change)
+
+
+def test_residual_release_round_trip(tmp_path):
+    vae = _perturbed(RES_DEBUG)
+    vae.save(tmp_path / "vae.safetensors")
+    loaded = VideoVAE.load(tmp_path / "vae.safetensors").eval()
+    assert loaded.config == RES_DEBUG
+    _same_outputs(vae, loaded)

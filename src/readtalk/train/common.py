@@ -8,6 +8,10 @@ single safetensors file with the config as JSON in its metadata (``save_release`
 Exact resume: each stage draws its batches from a generator seeded by (seed, step), and
 checkpoints hold the model, optimiser, EMA and step, so stopping at step k and resuming gives
 the same numbers as never stopping.
+
+Under ``torchrun`` (``dist.py``, docs/multigpu.md) the same code runs on every rank: each takes
+its share of the step's global batch, gradients are averaged, and rank 0 alone logs, writes
+metrics, evaluates (every rank, when the model is sharded) and saves.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tqdm import tqdm
 
 from readtalk.config import save_config
 from readtalk.errors import ReadtalkError
+from readtalk.train import dist
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class OptimConfig:
     ckpt_every: int = 250
     keep_last: int = 3
     threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "auto"  # auto | cpu | cuda (auto: CUDA when there is one; cuda:LOCAL_RANK)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; float32 weights and optimiser state)
+    parallel: str = "auto"  # under torchrun: ddp | fsdp (DiT) | auto (fsdp from 1e9 params)
+    checkpointing: bool = False  # activation checkpointing of transformer blocks (DiT)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "keep_last"):
@@ -54,6 +63,15 @@ class OptimConfig:
                 raise ReadtalkError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ReadtalkError(f"train.lr must be positive, got {self.lr}")
+        for name, known in (
+            ("device", ("auto", "cpu", "cuda")),
+            ("precision", ("fp32", "bf16")),
+            ("parallel", ("auto", "ddp", "fsdp")),
+        ):
+            if getattr(self, name) not in known:
+                raise ReadtalkError(
+                    f"train.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}"
+                )
 
 
 def cosine_lr(step: int, cfg: OptimConfig) -> float:
@@ -76,10 +94,14 @@ def seed_everything(seed: int) -> None:
 
 
 def start_run(cfg: Any, out: str | Path, resume: bool) -> Run:
-    """Validate a stage config (it has ``validate()`` and ``train: OptimConfig``), open its run
-    folder, and set threads and seeds."""
+    """Validate a stage config (it has ``validate()`` and ``train: OptimConfig``), join the
+    process group under torchrun, open its run folder (rank 0 writes), and set the device
+    (``run.device``), threads and seeds."""
     cfg.validate()
-    run = Run(out, cfg, resume)
+    device = dist.setup(cfg.train.device)
+    run = Run(out, cfg, resume, writer=dist.is_main())
+    dist.barrier()  # the folder exists before any rank reads it
+    run.device = device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -106,6 +128,7 @@ class Run:
         self.root = Path(root)
         self.writer = writer
         self.ckpt_dir = self.root / "checkpoints"
+        self.device = torch.device("cpu")  # where the stage trains (start_run sets it)
         if writer:
             if self.root.exists() and any(self.root.iterdir()) and not resume:
                 raise ReadtalkError(
@@ -155,8 +178,8 @@ class Run:
         path = self.latest()
         if path is None:
             return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+        try:  # memory-mapped: the ranks of one node share the file's pages
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         except Exception as e:  # a truncated file cannot exist (atomic writes), but be clear
             raise ReadtalkError(f"cannot read checkpoint {path}: {e}") from None
 
@@ -230,24 +253,40 @@ def fit(
     """The training loop every stage shares; returns False when stopped early by ``stop_at``.
 
     ``loss_fn(rng)`` computes one step's losses from that step's generator (``step_rng``) and
-    returns a dict whose ``"loss"`` is minimised; every entry is logged. ``evaluate()`` runs
-    every ``eval_every`` steps and at the end. Resuming loads the model and optimiser from the
-    run's latest checkpoint and drops metrics logged after it, so the numbers continue exactly.
-    ``ema`` (optional, a copy of ``model``) is updated after every optimiser step as
-    ``ema = decay * ema + (1 - decay) * model`` (buffers copied) and checkpointed under "ema".
+    returns a dict whose ``"loss"`` is minimised; every entry is logged (averaged over ranks).
+    It is a plain function, run here through ``dist.parallelize`` (DDP under torchrun), or the
+    module ``dist.parallelize`` returned for it (needed for FSDP2, which shards the model before
+    the optimiser is built). ``model`` is the network itself (unwrapped, or sharded in place).
+    ``evaluate()`` runs every ``eval_every`` steps and at the end, on rank 0 (on every rank when
+    the model is sharded; rank 0 logs). Resuming loads the model and optimiser from the run's
+    latest checkpoint and drops metrics logged after it, so the numbers continue exactly.
+    ``ema`` (optional, a copy of ``model``, sharded like it) is updated after every optimiser
+    step as ``ema = decay * ema + (1 - decay) * model`` (buffers copied) and checkpointed under
+    "ema". Checkpoints hold the unwrapped modules' full states (``dist.state_dict``).
     """
+    if isinstance(loss_fn, torch.nn.Module):
+        step_fn = loss_fn
+    else:
+        if dist.parallel_mode(model, tc.parallel) == "fsdp":
+            raise ReadtalkError(
+                "FSDP2 must shard the model before its optimiser is built: pass "
+                "dist.parallelize(TrainStep(model, loss_fn), tc) to fit"
+            )
+        step_fn = dist.parallelize(dist.TrainStep(model, loss_fn), tc)
+    device = run.device
     start = 0
     state = run.load_latest() if resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
+        dist.load_state_dict(model, state["model"], opt, state["optim"])
         if ema is not None:
             if "ema" not in state:
                 raise ReadtalkError("the checkpoint to resume holds no EMA weights")
-            ema.load_state_dict(state["ema"])
+            dist.load_state_dict(ema, state["ema"])
         start = state["step"]
         run.truncate_metrics(start)
         run.log(f"resumed at step {start}")
+        del state
+    sharded = dist.is_sharded(model)
     model.train()
     bar = tqdm(
         range(start, tc.steps),
@@ -255,7 +294,7 @@ def fit(
         total=tc.steps,
         desc=desc,
         unit="step",
-        disable=not progress,
+        disable=not progress or not dist.is_main(),
     )
     t_log = time.perf_counter()
     for step in bar:
@@ -265,7 +304,8 @@ def fit(
         lr = cosine_lr(step, tc)
         for g in opt.param_groups:
             g["lr"] = lr
-        losses = loss_fn(step_rng(tc.seed, step))
+        with dist.autocast(tc.precision, device):
+            losses = step_fn(step_rng(tc.seed, step))
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -277,32 +317,36 @@ def fit(
             dt = time.perf_counter() - t_log
             t_log = time.perf_counter()
             n = tc.log_every if done % tc.log_every == 0 else done % tc.log_every
-            run.metrics(
-                {
-                    "step": done,
-                    **{k: v.item() for k, v in losses.items()},
-                    "lr": lr,
-                    "grad_norm": grad_norm.item(),
-                    "steps_per_s": round(n / dt, 3),
-                }
-            )
+            losses = dist.mean_over_ranks(losses)  # the global batch's values
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+                grad_norm = grad_norm.full_tensor()
+            record = {
+                "step": done,
+                **{k: v.item() for k, v in losses.items()},
+                "lr": lr,
+                "grad_norm": grad_norm.item(),
+                "steps_per_s": round(n / dt, 3),
+            }
+            if device.type == "cuda":
+                record["max_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            run.metrics(record)
             bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
         if evaluate is not None and (done % tc.eval_every == 0 or done == tc.steps):
-            model.eval()
-            with torch.no_grad():
-                res = evaluate()
-            model.train()
-            run.metrics({"step": done, **{f"test_{k}": v for k, v in res.items()}})
-            run.log(f"step {done}: test {json.dumps(res)}")
+            if sharded or dist.is_main():  # a sharded forward needs every rank
+                model.eval()
+                with torch.no_grad(), dist.autocast(tc.precision, device):
+                    res = evaluate()
+                model.train()
+                run.metrics({"step": done, **{f"test_{k}": v for k, v in res.items()}})
+                run.log(f"step {done}: test {json.dumps(res)}")
+            dist.barrier()
         if done % tc.ckpt_every == 0 or done == tc.steps:
-            ckpt = {"model": model.state_dict(), "optim": opt.state_dict(), "config": config}
+            weights, optim = dist.state_dict(model, opt)  # every rank (FSDP2 gathers)
+            ckpt = {"model": weights, "optim": optim, "config": config}
             if ema is not None:
-                ckpt["ema"] = ema.state_dict()
-            run.save(
-                ckpt,
-                done,
-                tc.keep_last,
-            )
+                ckpt["ema"] = dist.state_dict(ema)[0]
+            run.save(ckpt, done, tc.keep_last)  # rank 0
+            dist.barrier()
     bar.close()
     return True
 

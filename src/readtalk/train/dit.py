@@ -34,6 +34,7 @@ import torch
 
 from readtalk.config import to_dict
 from readtalk.errors import ReadtalkError
+from readtalk.train import dist
 from readtalk.train.common import OptimConfig, fit, start_run
 
 RELEASE_KIND = "readtalk.dit"
@@ -103,8 +104,14 @@ def _torch_gen(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
 
 
-def dit_losses(model, batch: dict, d: DiffusionConfig, gen: torch.Generator) -> dict:
-    """One training step's loss on a cache batch (normalised latents)."""
+def dit_losses(
+    model, batch: dict, d: DiffusionConfig, gen: torch.Generator, part: slice = slice(None)
+) -> dict:
+    """One training step's loss on a cache batch (normalised latents).
+
+    The random draws (timesteps, noise, condition dropout) are made for the whole ``batch``, on
+    the CPU; the model sees its rows ``part`` (a rank's share under torchrun) on its own device,
+    and a share's loss is scaled so that the mean over the shares is the whole batch's loss."""
     from readtalk.diffusion import (
         add_noise,
         ans_train_timesteps,
@@ -130,8 +137,24 @@ def dit_losses(model, batch: dict, d: DiffusionConfig, gen: torch.Generator) -> 
     noise = torch.randn(z0.shape, generator=gen)
     zt = add_noise(z0, noise, t[:, 1:])
     ref_keep, audio_keep = condition_dropout(b, gen, d.p_drop_audio, d.p_drop_ref, d.p_drop_both)
-    v = model(zt, t, batch["ref"], batch["audio"], ref_mask=ref_keep, audio_mask=audio_keep)
-    loss = flow_matching_loss(v, z0, noise, frame_mask=frame_loss_mask(t))
+    mask = frame_loss_mask(t)  # (B, f)
+    device = next(model.parameters()).device
+
+    def mine(x: torch.Tensor) -> torch.Tensor:
+        return x[part].to(device)
+
+    v = model(
+        mine(zt),
+        mine(t),
+        mine(batch["ref"]),
+        mine(batch["audio"]),
+        ref_mask=mine(ref_keep),
+        audio_mask=mine(audio_keep),
+    )
+    loss = flow_matching_loss(v, mine(z0), mine(noise), frame_mask=mine(mask))
+    rows = len(range(b)[part])
+    if rows < b:  # the loss is normalised by the share's loss frames, not the batch's
+        loss = loss * (float(mask[part].sum()) / max(float(mask.sum()), 1.0) * b / rows)
     return {"loss": loss}
 
 
@@ -143,16 +166,17 @@ def eval_loss(model, data, batch_size: int, limit: int = 0) -> float:
 
     n = len(data) if not limit else min(limit, len(data))
     gen = torch.Generator().manual_seed(EVAL_SEED)
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for a in range(0, n, batch_size):
         batch = data.get(list(range(a, min(a + batch_size, n))))
-        z0 = batch["latent"]
+        z0, ref, audio = (batch[k].to(device) for k in ("latent", "ref", "audio"))
         b, _, f = z0.shape[:3]
         for tv in EVAL_T:
-            noise = torch.randn(z0.shape, generator=gen)
-            t = torch.full((b, 1 + f), tv)
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = torch.full((b, 1 + f), tv, device=device)
             t[:, 0] = 0.0
-            v = model(add_noise(z0, noise, t[:, 1:]), t, batch["ref"], batch["audio"])
+            v = model(add_noise(z0, noise, t[:, 1:]), t, ref, audio)
             total += float(flow_matching_loss(v, z0, noise)) * b
             count += b
     return total / max(1, count)
@@ -182,20 +206,26 @@ def train_dit(
             "the cache's windows have one latent frame; ANS needs >= 2 (frames >= 9)"
         )
     mcfg = cfg.model_config(meta)
-    model = A2VDiT(mcfg)
+    model = A2VDiT(mcfg).to(run.device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     run.log(
         f"DiT {mcfg.name} ({sum(p.numel() for p in model.parameters()):,} parameters), "
-        f"{len(train)} train / {len(test)} test windows, latent {meta['latent_shape']}"
+        f"{len(train)} train / {len(test)} test windows, latent {meta['latent_shape']}, "
+        f"{dist.world_size()} process(es) on {run.device}"
     )
+    part = dist.share(tc.batch_size)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        batch = train.sample(tc.batch_size, rng)
-        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng))
+        batch = train.sample(tc.batch_size, rng)  # the global batch; this rank's rows: part
+        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng), part)
+
+    # DDP, or FSDP2 sharding in place (before the optimiser is built); the EMA is sharded alike
+    step = dist.parallelize(dist.TrainStep(model, loss_fn), tc)
+    ema = dist.parallelize(ema, tc)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
     sampler = (
-        SampleWriter(run.root / "samples", test, cfg.samples, cfg.diffusion)
+        SampleWriter(run.root / "samples", test, cfg.samples, cfg.diffusion, run.device)
         if cfg.samples and len(test)
         else None
     )
@@ -215,7 +245,7 @@ def train_dit(
         tc,
         model,
         opt,
-        loss_fn,
+        step,
         evaluate if len(test) else None,
         to_dict(cfg),
         "train dit",
@@ -227,8 +257,15 @@ def train_dit(
     )
     if not done:
         return None
-    release = save_dit(run.root / "dit.safetensors", ema, meta, cfg.diffusion)
-    run.log(f"wrote {release}")
+    weights = dist.state_dict(ema)[0]  # every rank takes part (FSDP2 gathers the shards)
+    release = run.root / "dit.safetensors"
+    if dist.is_main():
+        with torch.device("meta"):
+            final = A2VDiT(mcfg)
+        final.load_state_dict(weights, assign=True)
+        save_dit(release, final, meta, cfg.diffusion)
+        run.log(f"wrote {release}")
+    dist.barrier()
     return release
 
 
@@ -241,9 +278,12 @@ def _optimizer_step(opt: torch.optim.Optimizer) -> int:
 
 
 class SampleWriter:
-    """Generate, decode, save and score the first ``n`` test windows of a cache."""
+    """Generate, decode, save and score the first ``n`` test windows of a cache (on ``device``;
+    only rank 0 writes files)."""
 
-    def __init__(self, folder: Path, test, n: int, d: DiffusionConfig) -> None:
+    def __init__(
+        self, folder: Path, test, n: int, d: DiffusionConfig, device: torch.device | str = "cpu"
+    ) -> None:
         from readtalk.vae.model import VideoVAE
 
         vae_path = (test.meta.get("vae") or {}).get("path")
@@ -251,8 +291,8 @@ class SampleWriter:
             raise ReadtalkError(
                 f"samples need the cache's VAE, which is not at {vae_path!r}; set samples=0"
             )
-        self.folder, self.d = folder, d
-        self.vae = VideoVAE.load(vae_path).eval()
+        self.folder, self.d, self.device = folder, d, torch.device(device)
+        self.vae = VideoVAE.load(vae_path).to(self.device).eval()
         self.batch = test.get(list(range(min(n, len(test)))))
         gen = torch.Generator().manual_seed(EVAL_SEED + 1)
         self.noise = torch.randn(self.batch["latent"].shape, generator=gen)
@@ -264,7 +304,8 @@ class SampleWriter:
         """Normalised latents (n, C, f, h, w) -> uint8 videos (n, F, H, W, 3)."""
         from readtalk.train.vae import to_uint8
 
-        return to_uint8(self.vae.decode(self.test.denormalize(z)))  # (n, F, H, W, 3)
+        z = self.test.denormalize(z.float().cpu()).to(self.device)
+        return to_uint8(self.vae.decode(z))  # (n, F, H, W, 3)
 
     def _mouth(self, videos: np.ndarray) -> tuple[float, float]:
         """Mean Pearson correlation of the read lip gap with the true one (NaN when undefined:
@@ -289,21 +330,23 @@ class SampleWriter:
         def model_fn(z, t, rm, am, cond):
             return model(z, t, cond["ref"], cond["audio"], rm, am)
 
+        on = self.device
         z = sample_euler(
             model_fn,
-            self.noise,
+            self.noise.to(on),
             timestep_schedule(self.d.sample_steps, self.d.shift),
-            cond={"ref": self.batch["ref"], "audio": self.batch["audio"]},
+            cond={"ref": self.batch["ref"].to(on), "audio": self.batch["audio"].to(on)},
             guidance=Guidance("split"),
         )
         videos = self._frames(z)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_video(self.folder / f"step_{step:07d}.mp4", videos[0])
-        cols = np.linspace(0, videos.shape[1] - 1, 8).round().astype(int)
-        write_image(
-            self.folder / f"step_{step:07d}.png",
-            contact_sheet([v[i] for v in videos for i in cols], cols=len(cols)),
-        )
+        if dist.is_main():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_video(self.folder / f"step_{step:07d}.mp4", videos[0])
+            cols = np.linspace(0, videos.shape[1] - 1, 8).round().astype(int)
+            write_image(
+                self.folder / f"step_{step:07d}.png",
+                contact_sheet([v[i] for v in videos for i in cols], cols=len(cols)),
+            )
         corr, visible = self._mouth(videos)
         return {
             "sample_mouth_corr": corr,
@@ -369,7 +412,8 @@ def cmd_train_dit(a) -> None:
         raise ReadtalkError("train dit reads a latent cache: pass --cache (see readtalk cache)")
     cfg = _train_config(DiTRunConfig, a, {"cache": a.cache, "size": a.size})
     path = train_dit(cfg, a.out, resume=a.resume, progress=not a.quiet)
-    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+    if dist.is_main():
+        print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
 
 
 def add_cli(train_sub) -> None:

@@ -31,6 +31,7 @@ from readtalk.speech.speechae import (
     retrieval_accuracy,
     speechae_losses,
 )
+from readtalk.train import dist
 from readtalk.train.common import (
     OptimConfig,
     atomic_save,
@@ -145,9 +146,10 @@ def evaluate(model: SpeechAE, feats: dict[str, torch.Tensor]) -> dict[str, float
     """Reconstruction MSE (standardised features) and frame-retrieval accuracy on whole clips
     (each cut to the longest 8k+1 prefix)."""
     mse, acc, chance, n = 0.0, 0.0, 0.0, 0
+    device = next(model.parameters()).device
     for x in feats.values():
         frames = 1 + 8 * ((x.shape[0] - 1) // 8)
-        x = x[None, :frames]
+        x = x[None, :frames].to(device)
         losses = speechae_losses(model, x)
         mse += float(losses["mse"])
         acc += retrieval_accuracy(model, x)
@@ -175,21 +177,29 @@ def train_speech(
     """
     run = start_run(cfg, out, resume)
     tc = cfg.train
-    cache = cached_features(cfg, run.root, progress)
+    if dist.is_main():  # rank 0 computes the features; the others then read its file
+        cache = cached_features(cfg, run.root, progress)
+    dist.barrier()
+    if not dist.is_main():
+        cache = cached_features(cfg, run.root, progress=False)
     train_feats = [x for x in cache["train"].values() if x.shape[0] >= cfg.clip_frames]
     if not train_feats:
         raise ReadtalkError(f"no training clip has {cfg.clip_frames} frames; lower clip_frames")
     mcfg = cfg.model_config(cache["dim"], cache["front_end"])
     model = SpeechAE(mcfg)
     model.set_stats(torch.cat(train_feats))
+    model.to(run.device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     run.log(
         f"SpeechAE {mcfg} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{len(train_feats)} training clips, front end {cache['front_end']}"
     )
 
+    part = dist.share(tc.batch_size)  # this rank's rows of the global batch (fit adds DDP)
+
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        batch = sample_batch(train_feats, cfg.clip_frames, tc.batch_size, rng)
+        batch = sample_batch(train_feats, cfg.clip_frames, tc.batch_size, rng)[part]
+        batch = batch.to(run.device)
         losses = speechae_losses(model, batch, cfg.temperature)
         return {"loss": losses["mse"] + cfg.nce_weight * losses["nce"], **losses}
 
@@ -209,10 +219,11 @@ def train_speech(
     )
     if not done:
         return None
-    release = save_release(
-        run.root / "speechae.safetensors", model.state_dict(), RELEASE_KIND, mcfg.to_json()
-    )
-    run.log(f"wrote {release}")
+    release = run.root / "speechae.safetensors"
+    if dist.is_main():
+        save_release(release, model.state_dict(), RELEASE_KIND, mcfg.to_json())
+        run.log(f"wrote {release}")
+    dist.barrier()
     return release
 
 

@@ -25,6 +25,7 @@ from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
 from readtalk.eval.pixel import psnr, ssim
 from readtalk.media import read_video
+from readtalk.train import dist
 from readtalk.train.common import OptimConfig, fit, start_run
 
 
@@ -103,19 +104,38 @@ class ClipSampler:
         if not records:
             raise ReadtalkError("the dataset has no clips in the train split")
         self.records, self.frames, self.size, self.flip = records, frames, size, flip
+        self._lengths: dict[str, int] = {}
 
-    def sample(self, batch: int, rng: np.random.Generator) -> torch.Tensor:
-        out = []
-        while len(out) < batch:
+    def length(self, rec: dict) -> int:
+        """A clip's frame count: the manifest's, else counted by decoding once."""
+        if rec["id"] not in self._lengths:
+            n = int(rec.get("frames") or 0) or len(read_video(resolve(rec, "video")))
+            self._lengths[rec["id"]] = n
+        return self._lengths[rec["id"]]
+
+    def sample(
+        self, batch: int, rng: np.random.Generator, part: slice = slice(None)
+    ) -> torch.Tensor:
+        """The windows ``part`` (a rank's share) of a batch of ``batch`` drawn from ``rng``:
+        every window is drawn, only those in ``part`` are decoded."""
+        keep = range(batch)[part]
+        out, n = [], 0
+        while n < batch:
             rec = self.records[int(rng.integers(len(self.records)))]
-            video = read_video(resolve(rec, "video"))
-            if len(video) < self.frames:
+            length = self.length(rec)
+            if length < self.frames:
                 continue
-            start = int(rng.integers(0, len(video) - self.frames + 1))
-            clip = fit_size(video[start : start + self.frames], self.size)
-            if self.flip and rng.uniform() < 0.5:
-                clip = clip[:, :, ::-1]
-            out.append(to_tensor(np.ascontiguousarray(clip)))
+            start = int(rng.integers(0, length - self.frames + 1))
+            flip = self.flip and rng.uniform() < 0.5
+            if n in keep:
+                video = read_video(resolve(rec, "video"))[start : start + self.frames]
+                if len(video) < self.frames:
+                    raise ReadtalkError(f"clip {rec['id']} has fewer frames than its manifest says")
+                clip = fit_size(video, self.size)
+                if flip:
+                    clip = clip[:, :, ::-1]
+                out.append(to_tensor(np.ascontiguousarray(clip)))
+            n += 1
         return torch.stack(out)  # (B, 3, F, H, W)
 
 
@@ -149,7 +169,7 @@ def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dic
 
     ps, ss, src, out = [], [], [], []
     for v in videos:
-        rec = reconstruct(vae, v[None])
+        rec = reconstruct(vae, v[None].to(vae.device)).float().cpu()
         ps.append(psnr(to_unit(rec), to_unit(v[None])))
         ss.append(ssim(to_unit(rec), to_unit(v[None])))
         if mouth:
@@ -240,22 +260,25 @@ def train_vae(
     )
     from readtalk.vae.model import kl_loss
 
-    vae = build_vae(cfg)
+    vae = build_vae(cfg).to(run.device)
     run.log(f"VAE {vae.config} ({sum(p.numel() for p in vae.parameters()):,} parameters)")
     opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator()
+    part = dist.share(tc.batch_size)  # this rank's rows of the global batch (fit adds DDP)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        video = sampler.sample(tc.batch_size, rng)
+        video = sampler.sample(tc.batch_size, rng, part).to(run.device)
         mean, logvar = vae.encode_dist(video)
         gen.manual_seed(int(rng.integers(2**31)))
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
+        noise = torch.randn((tc.batch_size, *mean.shape[1:]), generator=gen)[part]
+        z = mean + torch.exp(0.5 * logvar) * noise.to(run.device)
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
         err = err.abs() if cfg.loss == "l1" else err.pow(2)
         if cfg.motion_weight:
             w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
-            rec = (err * w).mean() / w.mean()
+            # normalised by the global batch's mean weight, so the ranks' mean is the global loss
+            rec = (err * w).mean() / dist.mean_over_ranks({"w": w.mean()})["w"]
         else:
             rec = err.mean()
         kl = kl_loss(mean, logvar)
@@ -277,8 +300,10 @@ def train_vae(
     if not done:
         return None
     release = run.root / "vae.safetensors"
-    vae.save(release)
-    run.log(f"wrote {release}")
+    if dist.is_main():
+        vae.save(release)
+        run.log(f"wrote {release}")
+    dist.barrier()
     return release
 
 

