@@ -256,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     from readtalk import bench as bench_cli
     from readtalk import pipeline as pipeline_cli
     from readtalk.data import cache as cache_cli
+    from readtalk.data import prepare as prepare_cli
+    from readtalk.eval import suite as eval_cli
+    from readtalk.eval import syncnet as sync_cli
     from readtalk.train import dit as dit_cli
+    from readtalk.train import syncnet as syncnet_cli
 
     pipeline_cli.add_cli(sub)  # readtalk generate
     p = sub.add_parser("demo", help="generate a small SynthTalk sample and an overview sheet")
@@ -294,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="stage", required=True, metavar="STAGE"
     )
     dit_cli.add_cli(train)  # readtalk train dit
+    syncnet_cli.add_cli(train)  # readtalk train syncnet
+    sync_cli.add_cli(sub)  # readtalk sync
     cache_cli.add_cli(sub)  # readtalk cache
+    prepare_cli.add_cli(sub)  # readtalk prepare
+    eval_cli.add_cli(sub)  # readtalk eval
     p = train.add_parser("vae", help="train or fine-tune the temporal VAE on a dataset's videos")
     _add_train_args(p)
     p.add_argument("--preset", default=None, help="size preset: debug, small, base, ltx")

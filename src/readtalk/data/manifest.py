@@ -2,8 +2,8 @@
 
 A dataset folder holds ``manifest.jsonl``: one JSON object per clip with at least ``id``,
 ``split`` ("train" or "test") and the paths, relative to the folder, of ``video`` (mp4 with
-audio), ``ref`` (the reference portrait) and ``track`` (JSON ground truth; SynthTalk's has
-per-frame mouth, pose and blink, prepared real footage has what can be measured). SynthTalk
+audio) and ``ref`` (the reference portrait); SynthTalk adds ``track`` (JSON ground truth:
+per-frame mouth, pose and blink), which real footage (``readtalk prepare``) does not have. SynthTalk
 (``readtalk synth``) and prepared footage (``readtalk prepare``) write the same layout.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from readtalk.errors import ReadtalkError
 
-REQUIRED = ("id", "split", "video", "ref", "track")
+REQUIRED = ("id", "split", "video", "ref")
 
 
 def load_manifest(root: str | os.PathLike, split: str | None = None) -> list[dict]:
@@ -59,6 +59,9 @@ def resolve(record: dict, key: str) -> Path:
 
 
 def load_track(record: dict) -> dict:
+    """A record's ground-truth track; ``{}`` for a record without one (real footage)."""
+    if not record.get("track"):
+        return {}
     path = resolve(record, "track")
     try:
         return json.loads(path.read_text())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import json
 import math
 import os
@@ -113,10 +114,10 @@ class VAEConfig:
             return "a residual VAE needs decoder_block_out_channels (one entry per block)"
         if not all(self.spatio_temporal_scaling) or not all(self.decoder_scaling):
             return "every block of a residual VAE must resample (spatio_temporal_scaling all True)"
-        for a, b in zip(enc, enc[1:], strict=False):
+        for a, b in itertools.pairwise(enc):
             if b % 8 or (8 * a) % b:
                 return f"residual down-sampling {a} -> {b} channels: need b % 8 == 0, 8a % b == 0"
-        for a, b in zip(dec, dec[1:], strict=False):
+        for a, b in itertools.pairwise(dec):
             if b != 2 * a:
                 return f"residual decoder widths must double per block, got {list(dec)}"
         return None

@@ -1,0 +1,129 @@
+"""readtalk eval: the network-free metrics, and the runner on a small SynthTalk dataset."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from readtalk.cli import main
+from readtalk.errors import ReadtalkError
+from readtalk.eval import lipsync
+from readtalk.eval.suite import EvalConfig, boundaries, evaluate
+from readtalk.media import read_video, write_video
+
+
+def test_mouth_sync_finds_a_planted_offset():
+    rng = np.random.default_rng(0)
+    true = np.convolve(rng.random(200), np.ones(5) / 5, mode="same")
+    m = lipsync.mouth_sync(true, true)
+    assert m.corr == pytest.approx(1.0) and m.mae == 0 and m.offset == 0
+    late = np.concatenate([np.zeros(3), true[:-3]])  # the video shows each frame 3 frames late
+    m = lipsync.mouth_sync(late, true, max_offset=5)
+    assert m.offset == 3 and m.best_corr == pytest.approx(1.0) and m.corr < 0.9
+    early = np.concatenate([true[2:], np.zeros(2)])
+    assert lipsync.mouth_sync(early, true).offset == -2
+    assert np.isnan(lipsync.mouth_sync(np.zeros(50), true[:50]).corr)  # a mouth that never moves
+
+
+def test_seam_ratio_sees_jumps_at_clip_starts_only():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    drift = np.cumsum(rng.normal(0, 0.5, (60, 1, 1, 1)), axis=0)
+    frames = np.clip(base + drift, 0, 255).astype(np.uint8)
+    changes = lipsync.frame_changes(frames)
+    assert lipsync.seam_ratio(changes, [20, 40]) < 2.5  # nothing special there
+    jumpy = frames.copy()
+    jumpy[20:] = np.clip(jumpy[20:].astype(int) + 40, 0, 255)
+    jumpy[40:] = np.clip(jumpy[40:].astype(int) - 40, 0, 255)
+    assert lipsync.seam_ratio(lipsync.frame_changes(jumpy), [20, 40]) > 10
+    assert np.isnan(lipsync.seam_ratio(changes, []))
+
+
+def test_boundaries_follow_the_pipelines_clip_plan():
+    cfg = EvalConfig(clip_frames=121, motion_latents=1)
+    assert boundaries(121, cfg) == []
+    # a clip of 121 frames, then clips whose first latent (one frame, decoded again and
+    # dropped) is the previous clip's last: 120 new frames each
+    assert boundaries(400, cfg) == [121, 241, 361]
+    assert boundaries(400, EvalConfig(motion_latents=0)) == [121, 242, 363]
+
+
+@pytest.fixture(scope="module")
+def preds(synth_dataset, tmp_path_factory):
+    """Generated videos standing in: the true test videos, and one with another clip's face."""
+    root = tmp_path_factory.mktemp("pred")
+    recs = [json.loads(x) for x in (synth_dataset / "manifest.jsonl").read_text().splitlines()]
+    good = root / "good"
+    good.mkdir()
+    for r in recs[:2]:
+        shutil.copy(synth_dataset / r["video"], good / f"{r['id']}.mp4")
+    swapped = root / "swapped"
+    swapped.mkdir()
+    a, b = recs[0], next(r for r in recs if r["identity"] != recs[0]["identity"])
+    shutil.copy(synth_dataset / b["video"], swapped / f"{a['id']}.mp4")
+    return good, swapped, recs
+
+
+def test_eval_of_true_videos_is_near_perfect(synth_dataset, preds, tmp_path):
+    good, swapped, _ = preds
+    rep = evaluate(good, synth_dataset, tmp_path / "good", EvalConfig(), progress=False)
+    assert rep["count"] == 2
+    assert rep["mouth_corr"] > 0.95 and rep["av_offset"] == 0 and rep["mouth_mae"] < 0.01
+    assert rep["psnr"] == pytest.approx(100.0) and rep["ssim"] == pytest.approx(1.0)
+    for key in ("sync_c", "sync_d", "fid", "fvd", "seam_ratio"):
+        assert key in rep["skipped"] and key not in rep
+    saved = json.loads((tmp_path / "good" / "metrics.json").read_text())
+    assert saved["mouth_corr"] == rep["mouth_corr"] and set(saved["videos"]) == set(rep["videos"])
+    assert (tmp_path / "good" / "mouth_tracks.png").stat().st_size > 1000
+    # another person's video under this id: identity, pixels and lip sync all drop
+    bad = evaluate(swapped, synth_dataset, tmp_path / "swap", EvalConfig(), progress=False)
+    one = rep["videos"][next(iter(bad["videos"]))]
+    assert bad["identity"] < one["identity"] - 0.1
+    assert bad["psnr"] < 25 and bad["mouth_corr"] < 0.5
+
+
+def test_eval_with_syncnet_seams_and_windows(synth_dataset, preds, tmp_path):
+    from readtalk.eval.syncnet import SYNCNET_SIZES, SyncNet
+
+    good, _, recs = preds
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(SyncNet(SYNCNET_SIZES["debug"]).state_dict(), weights)
+    # short clips so that these 65-frame videos span several of them
+    cfg = EvalConfig(syncnet=str(weights), syncnet_size="debug", clip_frames=17, window=32)
+    rep = evaluate(good, synth_dataset, tmp_path / "out", cfg, progress=False)
+    assert np.isfinite(rep["sync_c"]) and rep["sync_d"] > 0
+    assert rep["seam_ratio"] < 3  # true videos have no seams
+    wins = rep["windows"][recs[0]["id"]]
+    assert [w["start"] for w in wins] == [0, 32, 64][: len(wins)] and "mouth_corr" in wins[0]
+    assert (tmp_path / "out" / "seams.png").is_file()
+    assert (tmp_path / "out" / "windows.png").is_file()
+
+
+def test_eval_against_a_folder_of_videos(preds, tmp_path, capsys):
+    good, _, recs = preds
+    ref = tmp_path / "ref"
+    shutil.copytree(good, ref)
+    v = read_video(ref / f"{recs[0]['id']}.mp4")
+    write_video(ref / f"{recs[0]['id']}.mp4", v[:, ::-1])  # mirrored: pixels differ
+    assert main(["eval", "--pred", str(good), "--ref", str(ref), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "psnr" in out and "mouth_corr  skipped" in out and "identity    skipped" in out
+
+
+def test_eval_bad_inputs(synth_dataset, preds, tmp_path):
+    good, _, _ = preds
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReadtalkError, match=r"no \.mp4 files"):
+        evaluate(tmp_path / "empty", synth_dataset, tmp_path / "o")
+    with pytest.raises(ReadtalkError, match="not found"):
+        evaluate(tmp_path / "nope", synth_dataset, tmp_path / "o")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    shutil.copy(next(good.glob("*.mp4")), stray / "unknown.mp4")
+    with pytest.raises(ReadtalkError, match="no reference"):
+        evaluate(stray, synth_dataset, tmp_path / "o")
+    with pytest.raises(ReadtalkError, match="8k\\+1"):
+        evaluate(good, synth_dataset, tmp_path / "o", EvalConfig(clip_frames=20))
