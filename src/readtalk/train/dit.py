@@ -54,6 +54,7 @@ class DiffusionConfig:
     p_drop_ref: float = 0.0
     p_drop_both: float = 0.1
     sample_steps: int = 8  # Euler steps at inference
+    motion_weight: float = 0.0  # extra loss weight on tokens that move (motion_token_weights)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def dit_losses(
         condition_dropout,
         flow_matching_loss,
         frame_loss_mask,
+        motion_token_weights,
     )
 
     z0 = batch["latent"]  # (B, C, f, h, w)
@@ -151,7 +153,14 @@ def dit_losses(
         ref_mask=mine(ref_keep),
         audio_mask=mine(audio_keep),
     )
-    loss = flow_matching_loss(v, mine(z0), mine(noise), frame_mask=mine(mask))
+    tw = motion_token_weights(z0, d.motion_weight) if d.motion_weight else None
+    loss = flow_matching_loss(
+        v,
+        mine(z0),
+        mine(noise),
+        frame_mask=mine(mask),
+        token_weights=None if tw is None else mine(tw),
+    )
     rows = len(range(b)[part])
     if rows < b:  # the loss is normalised by the share's loss frames, not the batch's
         loss = loss * (float(mask[part].sum()) / max(float(mask.sum()), 1.0) * b / rows)
