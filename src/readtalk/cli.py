@@ -176,12 +176,20 @@ def _train_config(cls, a: argparse.Namespace, extra: dict):
     return load_config(cls, a.config, a.set, base=merge(base, cli))
 
 
+def _report_release(path: Path | None, out: str) -> None:
+    """One line about the written release, from rank 0 only under torchrun."""
+    from readtalk.train import dist
+
+    if dist.is_main():
+        print(f"wrote {path} (metrics in {Path(out) / 'metrics.jsonl'})")
+
+
 def cmd_train_speech(a: argparse.Namespace) -> None:
     from readtalk.train.speech import SpeechRunConfig, train_speech
 
     cfg = _train_config(SpeechRunConfig, a, {"front_end": a.front_end, "whisper": a.whisper})
     path = train_speech(cfg, a.out, resume=a.resume, progress=not a.quiet)
-    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+    _report_release(path, a.out)
 
 
 def cmd_eval_speech(a: argparse.Namespace) -> None:
@@ -208,7 +216,7 @@ def cmd_train_vae(a: argparse.Namespace) -> None:
 
     cfg = _train_config(VAERunConfig, a, {"preset": a.preset, "init": a.init})
     path = train_vae(cfg, a.out, resume=a.resume, progress=not a.quiet)
-    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
+    _report_release(path, a.out)
 
 
 def cmd_eval_vae(a: argparse.Namespace) -> None:

@@ -341,8 +341,10 @@ def window_count(frames: int, samples: int) -> int:
 @torch.no_grad()
 def embed_video(model: SyncNet, crops: np.ndarray, n: int, batch: int = 32) -> torch.Tensor:
     """Embeddings (n, D) of the first ``n`` 5-frame windows of cropped frames (F, S, S, 3)."""
+    dev = next(model.parameters()).device
     out = [
-        model.forward_video(video_windows(crops, i, min(n, i + batch))) for i in range(0, n, batch)
+        model.forward_video(video_windows(crops, i, min(n, i + batch)).to(dev)).cpu()
+        for i in range(0, n, batch)
     ]
     return torch.cat(out)
 
@@ -350,8 +352,10 @@ def embed_video(model: SyncNet, crops: np.ndarray, n: int, batch: int = 32) -> t
 @torch.no_grad()
 def embed_audio(model: SyncNet, feats: np.ndarray, n: int, batch: int = 256) -> torch.Tensor:
     """Embeddings (n, D) of the audio windows of the first ``n`` video windows (MFCC (T, 13))."""
+    dev = next(model.parameters()).device
     out = [
-        model.forward_audio(audio_windows(feats, i, min(n, i + batch))) for i in range(0, n, batch)
+        model.forward_audio(audio_windows(feats, i, min(n, i + batch)).to(dev)).cpu()
+        for i in range(0, n, batch)
     ]
     return torch.cat(out)
 

@@ -52,6 +52,7 @@ from readtalk.eval.syncnet import (
     window_count,
     window_distances,
 )
+from readtalk.train import dist
 from readtalk.train.common import OptimConfig, atomic_save, fit, save_release, start_run
 
 
@@ -183,9 +184,9 @@ def multiway_loss(
     a = model.forward_audio(audio.flatten(0, 1)).unflatten(0, (b, span))  # (B, span, D)
     own = -pair_distance(v[:, None], a)  # (B, span)
     other = -pair_distance(v[:, None], a[None, :, mid])  # (B, B): item i vs item j's match
-    same = torch.from_numpy(clips[:, None] == clips[None, :])  # own clip (and diagonal)
+    same = torch.from_numpy(clips[:, None] == clips[None, :]).to(v.device)  # own clip, diagonal
     logits = torch.cat([own, other.masked_fill(same, float("-inf"))], 1)
-    target = torch.full((b,), mid, dtype=torch.long)
+    target = torch.full((b,), mid, dtype=torch.long, device=v.device)
     loss = F.cross_entropy(logits, target)
     with torch.no_grad():
         acc = (logits.argmax(1) == mid).float().mean()
@@ -246,7 +247,12 @@ def train_syncnet(
     run = start_run(cfg, out, resume)
     tc = cfg.train
     mcfg = SYNCNET_SIZES[cfg.size]
-    bank = ClipBank(load_manifest(cfg.data), mcfg.image_size, cfg.crop, run.root, progress)
+    records = load_manifest(cfg.data)
+    if dist.is_main():  # rank 0 builds the frame cache; the others then read it
+        bank = ClipBank(records, mcfg.image_size, cfg.crop, run.root, progress)
+    dist.barrier()
+    if not dist.is_main():
+        bank = ClipBank(records, mcfg.image_size, cfg.crop, run.root, False)
     need = 2 * cfg.max_shift + 1
     train_clips = [c for c in bank.clips("train") if bank.windows[c] >= need]
     if not train_clips:
@@ -256,7 +262,7 @@ def train_syncnet(
     test_clips = bank.clips("test")
     if cfg.eval_clips:
         test_clips = test_clips[: cfg.eval_clips]
-    model = SyncNet(mcfg)
+    model = SyncNet(mcfg).to(run.device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     run.log(
         f"SyncNet {cfg.size} ({sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -264,11 +270,16 @@ def train_syncnet(
         f"{len(test_clips)} test clips"
     )
 
+    # Under torchrun each rank takes its rows of the global batch; the other-clip negatives of
+    # the multi-way loss are then the rank's own rows (local negatives, as is usual).
+    part = dist.share(tc.batch_size)
+
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         video, audio, clips = sample_batch(
             bank, train_clips, tc.batch_size, cfg.max_shift, cfg.flip, rng
         )
-        return multiway_loss(model, video, audio, clips)
+        video, audio = video[part].to(run.device), audio[part].to(run.device)
+        return multiway_loss(model, video, audio, clips[part])
 
     done = fit(
         run,
@@ -285,14 +296,17 @@ def train_syncnet(
     )
     if not done:
         return None
-    release = save_release(
-        run.root / "syncnet.safetensors",
-        model.state_dict(),
-        RELEASE_KIND,
-        mcfg.to_json(),
-        extra={"crop": cfg.crop, "size": cfg.size, "run_config": json.dumps(to_dict(cfg))},
-    )
-    run.log(f"wrote {release}")
+    release = run.root / "syncnet.safetensors"
+    if dist.is_main():
+        save_release(
+            release,
+            {k: v.cpu() for k, v in model.state_dict().items()},
+            RELEASE_KIND,
+            mcfg.to_json(),
+            extra={"crop": cfg.crop, "size": cfg.size, "run_config": json.dumps(to_dict(cfg))},
+        )
+        run.log(f"wrote {release}")
+    dist.barrier()
     return release
 
 
