@@ -337,6 +337,7 @@ def test_evaluation_samples_are_written_and_scored(cache, tmp_path):
     last = [r for r in records if "test_sample_mouth_visible" in r][-1]
     assert 0.0 <= last["test_sample_mouth_visible"] <= 1.0
     assert "test_recon_mouth_corr" in last and "test_sample_mouth_corr" in last
+    assert "test_sample_mouth_dark_corr" in last and "test_recon_mouth_dark_corr" in last
     assert (tmp_path / "run/samples/step_0000002.mp4").is_file()
     sheet = read_image(tmp_path / "run/samples/step_0000002.png")
     assert sheet.shape[0] > 2 * SIZE  # one row per sampled window

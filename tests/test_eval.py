@@ -127,3 +127,22 @@ def test_eval_bad_inputs(synth_dataset, preds, tmp_path):
         evaluate(stray, synth_dataset, tmp_path / "o")
     with pytest.raises(ReadtalkError, match="8k\\+1"):
         evaluate(good, synth_dataset, tmp_path / "o", EvalConfig(clip_frames=20))
+
+
+def test_mouth_darkness_survives_blur_that_blinds_the_reader(synth_dataset):
+    import cv2
+
+    from readtalk.data.manifest import load_manifest, load_track, resolve
+    from readtalk.data.synthtalk.mouth_reader import read_mouth
+
+    rec = load_manifest(synth_dataset, "train")[0]
+    video = read_video(resolve(rec, "video"))
+    gap = np.asarray(load_track(rec)["measures"]["gap"])
+    x, y = lipsync.locate_mouth(video)
+    centres = [read_mouth(f).center for f in video]
+    cx, cy = np.mean([c for c in centres if c is not None], axis=0) * video.shape[1]
+    assert abs(x - cx) < 12 and abs(y - cy) < 12  # the spot that moves is the mouth
+    assert lipsync.pearson(gap, lipsync.mouth_darkness(video, (x, y))) > 0.85
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 6) for f in video])
+    assert sum(read_mouth(f).gap > 0 for f in blurred) < len(video) // 4
+    assert lipsync.pearson(gap, lipsync.mouth_darkness(blurred, (x, y))) > 0.7

@@ -60,6 +60,46 @@ def mouth_sync(pred_gap: np.ndarray, true_gap: np.ndarray, max_offset: int = 5) 
     )
 
 
+SEARCH = (0.22, 0.78, 0.5, 0.85)  # x0, x1, y0, y1: where a SynthTalk mouth can be
+
+
+def _luma(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, H, W) float32 luma (BT.601)."""
+    f = frames.astype(np.float32)
+    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+
+
+def locate_mouth(frames: np.ndarray) -> tuple[int, int]:
+    """(x, y) pixel where a mouth-sized patch of the lower face changes most over the video.
+
+    For blurry generations the mouth reader (which needs a sharp interior colour) sees
+    nothing, yet a mouth that opens and closes still darkens and lightens one spot; this finds
+    that spot: the peak of the per-pixel temporal standard deviation of luma, averaged over a
+    box of about a mouth's size, inside ``SEARCH``."""
+    _, H, W, _ = frames.shape
+    x0, x1, y0, y1 = (
+        int(SEARCH[0] * W),
+        int(SEARCH[1] * W),
+        int(SEARCH[2] * H),
+        int(SEARCH[3] * H),
+    )
+    std = _luma(frames[:, y0:y1, x0:x1]).std(axis=0)
+    k = max(3, (W // 10) | 1)
+    std = cv2.blur(std, (k, max(3, (k // 2) | 1)))
+    iy, ix = np.unravel_index(int(np.argmax(std)), std.shape)
+    return int(ix + x0), int(iy + y0)
+
+
+def mouth_darkness(frames: np.ndarray, center: tuple[int, int]) -> np.ndarray:
+    """(F,) mean darkness (1 - luma / 255) of a mouth-sized window around ``center``: a
+    blur-tolerant openness signal (compare it with the true gap by correlation)."""
+    _, H, W, _ = frames.shape
+    hw, hh = max(1, int(0.07 * W)), max(1, int(0.035 * H))
+    x, y = center
+    win = frames[:, max(0, y - hh) : y + hh + 1, max(0, x - hw) : x + hw + 1]
+    return 1.0 - _luma(win).mean(axis=(1, 2)) / 255.0
+
+
 def frame_changes(frames: np.ndarray, size: int = 64) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (F - 1,) mean absolute difference of consecutive frames (0..255),
     on ``size``-pixel grey thumbnails so that codec noise hardly counts."""

@@ -162,19 +162,26 @@ def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
 def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dict[str, float]:
     """Mean PSNR and SSIM over (3, F, H, W) videos in [-1, 1]; with ``mouth=True`` (SynthTalk
     faces) also how well the mouth survives: the Pearson correlation of the mouth reader's gap on
-    the reconstruction with its gap on the input (``mouth_corr``, pooled over all frames) and the
+    the reconstruction with its gap on the input (``mouth_corr``, pooled over all frames), the
     fraction of frames with an open mouth in the input whose reconstruction shows one too
-    (``mouth_visible``)."""
+    (``mouth_visible``), and, tolerant of blur, the mean per-clip correlation of the input's gap
+    with the reconstruction's darkness at the input's mouth (``mouth_dark_corr``)."""
     from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
+    from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 
-    ps, ss, src, out = [], [], [], []
+    ps, ss, src, out, dark = [], [], [], [], []
     for v in videos:
-        rec = reconstruct(vae, v[None].to(vae.device)).float().cpu()
+        rec = reconstruct(vae, v[None])
         ps.append(psnr(to_unit(rec), to_unit(v[None])))
         ss.append(ssim(to_unit(rec), to_unit(v[None])))
         if mouth:
-            src += [read_mouth(f).gap for f in to_uint8(v)]
-            out += [read_mouth(f).gap for f in to_uint8(rec[0])]
+            a, b = to_uint8(v), to_uint8(rec[0])
+            gap = [read_mouth(f).gap for f in a]
+            src += gap
+            out += [read_mouth(f).gap for f in b]
+            c = pearson(np.asarray(gap), mouth_darkness(b, locate_mouth(a)))
+            if not np.isnan(c):
+                dark.append(c)
     res = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "clips": len(videos)}
     if mouth and src:
         src_a, out_a = np.asarray(src), np.asarray(out)
@@ -182,6 +189,7 @@ def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dic
         res["mouth_corr"] = 0.0 if np.isnan(corr) else corr
         opened = src_a > 0
         res["mouth_visible"] = float((out_a[opened] > 0).mean()) if opened.any() else 0.0
+        res["mouth_dark_corr"] = float(np.mean(dark)) if dark else 0.0
     return res
 
 
