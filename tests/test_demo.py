@@ -1,0 +1,47 @@
+"""readtalk demo: with a model folder it generates demo.mp4 (+ the SynthTalk truth); without one
+it falls back to a SynthTalk sample."""
+
+import pytest
+
+from readtalk.cli import main
+from readtalk.demo import default_model_dir, has_model, run_demo
+from readtalk.errors import ReadtalkError
+from readtalk.media import load_audio, probe
+from test_pipeline import _speech, _write_models
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return _write_models(tmp_path_factory.mktemp("demo") / "model")
+
+
+def test_demo_with_a_model_folder(model, tmp_path, capsys):
+    assert main(["demo", "--model", str(model), "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "real-time factor" in out and "truth.mp4" in out
+    video, truth = probe(tmp_path / "d/demo.mp4"), probe(tmp_path / "d/truth.mp4")
+    # the generated video covers the SynthTalk sentence: one frame per 40 ms of its speech
+    assert video.frames == truth.frames == 121 and video.fps == 25
+    assert len(load_audio(tmp_path / "d/demo.mp4")) == 121 * 640
+
+
+def test_demo_inputs_and_errors(model, tmp_path):
+    res = run_demo(tmp_path / "a", model, progress=False, seed=3)
+    assert res["rtf"] > 0 and "truth" in res and res["text"]
+    # given audio: the video follows its length, and no truth is written
+
+    from readtalk.media import save_wav
+
+    save_wav(tmp_path / "s.wav", _speech(16000))
+    res = run_demo(tmp_path / "b", model, audio=tmp_path / "s.wav", progress=False)
+    assert res["frames"] == 25 and "truth" not in res
+    with pytest.raises(ReadtalkError, match="not a model folder"):
+        run_demo(tmp_path / "c", tmp_path / "nothing")
+
+
+def test_demo_without_a_model_writes_a_synthtalk_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("readtalk.demo.default_model_dir", lambda: tmp_path / "none")
+    assert main(["demo", "--out", str(tmp_path / "d"), "--clips", "2", "--size", "64"]) == 0
+    assert "no trained demo model" in capsys.readouterr().out
+    assert (tmp_path / "d/sheet.png").is_file()
+    assert default_model_dir().name == "demo" and not has_model(tmp_path)
