@@ -276,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     from readtalk import pipeline as pipeline_cli
     from readtalk.data import cache as cache_cli
     from readtalk.data import prepare as prepare_cli
+    from readtalk.eval import results as results_cli
     from readtalk.eval import suite as eval_cli
     from readtalk.eval import syncnet as sync_cli
     from readtalk.train import dit as dit_cli
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_synth)
     bench_cli.add_cli(bench)  # readtalk bench speed
+    results_cli.add_cli(bench)  # readtalk bench results
     return parser
 
 

@@ -1,0 +1,256 @@
+"""``readtalk bench results``: READ's tables, measured on a dataset's held-out split.
+
+    readtalk bench results --model DIR --data data/st1000 --out results/ \\
+        [--long data/long] [--ablation name=DIR ...] [--syncnet W] [--inception W] [--i3d W]
+
+One command generates every video it scores (from each test clip's reference portrait and
+speech), evaluates them with ``readtalk eval`` and writes ``results.json``, ``results.md`` (the
+tables) and plots into ``--out``:
+
+1. **main**: the model at its defaults (Split-CFG, 8 steps) on ``--clips`` test clips: every
+   metric that applies, and the runtime per 121-frame clip (generation wall time, whole
+   pipeline: speech features, DiT, VAE decode, mp4 writing).
+2. **steps x guidance**: 4, 6, 8, 10 steps with Split- and Joint-CFG on the first
+   ``--grid-clips`` clips: lip sync and identity against runtime.
+3. **ANS**: with ``--long`` (a dataset of long clips, e.g. ``readtalk synth --frames 1501
+   --any-length``): ANS against plain chunking; seam ratio and the spread of lip sync over
+   121-frame windows.
+4. **ablations**: every ``--ablation name=DIR`` model folder (e.g. a DiT trained without the
+   pre-trained SpeechAE, or on raw features) scored like the main model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from readtalk.errors import ReadtalkError
+
+ROW_KEYS = ("mouth_corr", "mouth_mae", "av_offset", "sync_c", "sync_d", "identity", "psnr",
+            "ssim", "fid", "fvd", "seam_ratio")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    clips: int = 32  # test clips in the main table (0: all)
+    grid_clips: int = 8  # test clips per steps x guidance cell
+    steps: tuple[int, ...] = (4, 6, 8, 10)
+    guidance: tuple[str, ...] = ("split", "joint")
+    long_clips: int = 4
+    seed: int = 0
+    syncnet: str = ""
+    inception: str = ""
+    i3d: str = ""
+    device: str = "cpu"
+    ablations: dict = field(default_factory=dict)  # name -> model folder
+
+
+def generate_set(pipe, records: list[dict], out: Path, progress: bool, **kw) -> dict:
+    """Generate ``out/<id>.mp4`` for each record; returns timing (seconds per 121 frames)."""
+    from tqdm import tqdm
+
+    from readtalk.data.manifest import resolve
+
+    out.mkdir(parents=True, exist_ok=True)
+    secs, frames = 0.0, 0
+    for rec in tqdm(records, desc=f"generate {out.name}", unit="clip", disable=not progress):
+        audio = resolve(rec, "audio") if rec.get("audio") else resolve(rec, "video")
+        r = pipe.generate_to_file(resolve(rec, "ref"), audio, out / f"{rec['id']}.mp4",
+                                  progress=False, **kw)  # fmt: skip
+        secs += r.seconds
+        frames += r.num_frames
+    return {
+        "seconds_per_clip": secs / max(frames, 1) * 121,
+        "rtf": secs / max(frames / 25, 1e-9),
+        "videos": len(records),
+    }
+
+
+def _score(pred: Path, data: str | Path, out: Path, cfg: ResultsConfig, **eval_kw) -> dict:
+    from readtalk.eval.suite import EvalConfig, evaluate
+
+    ecfg = EvalConfig(
+        syncnet=cfg.syncnet, inception=cfg.inception, i3d=cfg.i3d, device=cfg.device, **eval_kw
+    )
+    return evaluate(pred, data, out, ecfg, progress=False)
+
+
+def _row(report: dict, timing: dict) -> dict:
+    row = {k: report[k] for k in ROW_KEYS if k in report}
+    return {**row, **timing}
+
+
+def run_results(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    cfg: ResultsConfig = ResultsConfig(),
+    long: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every table; writes ``results.json``, ``results.md`` and plots into ``out``."""
+    from readtalk.data.manifest import load_manifest
+    from readtalk.pipeline import Pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tests = load_manifest(data, "test")
+    if cfg.clips:
+        tests = tests[: cfg.clips]
+    pipe = Pipeline.from_pretrained(model, device=cfg.device)
+    res: dict = {"model": str(model), "data": str(data), "clips": len(tests)}
+
+    # 1. main table
+    t = generate_set(pipe, tests, out / "main", progress, seed=cfg.seed)
+    res["main"] = _row(_score(out / "main", data, out / "eval_main", cfg), t)
+
+    # 2. steps x guidance
+    grid = tests[: cfg.grid_clips]
+    res["grid"] = []
+    for g in cfg.guidance:
+        for s in cfg.steps:
+            name = f"{g}_{s}"
+            t = generate_set(pipe, grid, out / name, progress, steps=s, guidance=g, seed=cfg.seed)
+            rep = _score(out / name, data, out / f"eval_{name}", cfg)
+            res["grid"].append({"guidance": g, "steps": s, **_row(rep, t)})
+            shutil.rmtree(out / name)  # keep the folder small: the metrics stay
+
+    # 3. ANS vs plain chunking on long videos
+    if long:
+        longs = load_manifest(long, "test")[: cfg.long_clips] or load_manifest(long)
+        res["ans"] = []
+        for ans in (True, False):
+            name = "ans" if ans else "plain"
+            t = generate_set(pipe, longs, out / name, progress, ans=ans, seed=cfg.seed)
+            rep = _score(out / name, long, out / f"eval_{name}", cfg)
+            per_win = [
+                w["mouth_corr"]
+                for ws in rep["windows"].values()
+                for w in ws
+                if w.get("mouth_corr") is not None
+            ]
+            res["ans"].append(
+                {
+                    "mode": name,
+                    **_row(rep, t),
+                    "window_mouth_corr_std": float(np.std(per_win)) if per_win else None,
+                    "window_change_std": float(
+                        np.std([w["change"] for ws in rep["windows"].values() for w in ws])
+                    ),
+                }
+            )
+
+    # 4. ablations
+    res["ablations"] = []
+    for name, mdir in cfg.ablations.items():
+        other = Pipeline.from_pretrained(mdir, device=cfg.device)
+        t = generate_set(other, tests, out / f"abl_{name}", progress, seed=cfg.seed)
+        rep = _score(out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg)
+        res["ablations"].append({"name": name, "model": str(mdir), **_row(rep, t)})
+
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / "results.md").write_text(results_markdown(res))
+    _plot_grid(res["grid"], out / "steps_guidance.png")
+    return res
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _table(rows: list[dict], first: list[str]) -> str:
+    keys = first + [k for k in (*ROW_KEYS, "seconds_per_clip", "rtf") if any(k in r for r in rows)]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_markdown(res: dict) -> str:
+    parts = [
+        f"Model `{res['model']}`, data `{res['data']}` (test split, {res['clips']} clips). "
+        "seconds_per_clip: generation wall time per 121-frame clip; rtf: time / audio duration.",
+        "## Main table\n\n" + _table([{"model": "default", **res["main"]}], ["model"]),
+        "## Steps and guidance\n\n" + _table(res["grid"], ["guidance", "steps"]),
+    ]
+    if res.get("ans"):
+        parts.append("## ANS vs plain chunking\n\n" + _table(res["ans"], ["mode"]))
+    if res.get("ablations"):
+        parts.append("## Ablations\n\n" + _table(res["ablations"], ["name"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _plot_grid(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for g in sorted({r["guidance"] for r in rows}):
+        sel = [r for r in rows if r["guidance"] == g]
+        y = [r.get("mouth_corr", r.get("identity")) for r in sel]
+        ax.plot([r["seconds_per_clip"] for r in sel], y, marker="o", label=f"{g}-CFG")
+        for r, yy in zip(sel, y, strict=True):
+            if yy is not None:
+                ax.annotate(str(r["steps"]), (r["seconds_per_clip"], yy), fontsize=8)
+    ax.set(xlabel="seconds per 121-frame clip", ylabel="mouth_corr", title="steps vs quality")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def cmd_results(a) -> None:
+    ablations = {}
+    for item in a.ablation or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ReadtalkError(f"--ablation takes name=DIR, got {item!r}")
+        ablations[name] = path
+    try:
+        steps = tuple(int(s) for s in a.steps.split(","))
+    except ValueError:
+        raise ReadtalkError(f"--steps takes numbers separated by commas, got {a.steps!r}") from None
+    cfg = ResultsConfig(
+        clips=a.clips,
+        grid_clips=a.grid_clips,
+        steps=steps,
+        syncnet=a.syncnet or "",
+        inception=a.inception or "",
+        i3d=a.i3d or "",
+        device=a.device,
+        ablations=ablations,
+    )
+    res = run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
+    print((Path(a.out) / "results.md").read_text())
+    print(f"wrote {Path(a.out) / 'results.json'}")
+    del res
+
+
+def add_cli(bench_sub) -> None:
+    """Register ``readtalk bench results``."""
+    p = bench_sub.add_parser("results", help="READ's tables on a dataset's test split")
+    p.add_argument("--model", required=True, help="model folder (vae/speechae/dit.safetensors)")
+    p.add_argument("--data", required=True, help="dataset with a test split (SynthTalk)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--long", help="dataset of long clips for the ANS table")
+    p.add_argument("--ablation", action="append", help="name=DIR: another model folder to score")
+    p.add_argument("--clips", type=int, default=32, help="test clips in the main table (0: all)")
+    p.add_argument("--grid-clips", type=int, default=8, help="clips per steps/guidance cell")
+    p.add_argument("--steps", default="4,6,8,10", help="sampling steps to compare")
+    p.add_argument("--syncnet", help="SyncNet weights")
+    p.add_argument("--inception", help="FID Inception weights")
+    p.add_argument("--i3d", help="FVD I3D weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_results)

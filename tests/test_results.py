@@ -1,0 +1,45 @@
+"""readtalk bench results: generate, score and tabulate on a dataset's test split."""
+
+import json
+
+import pytest
+
+from readtalk.cli import main
+from readtalk.errors import ReadtalkError
+from readtalk.eval.results import ResultsConfig, results_markdown, run_results
+from test_pipeline import _write_models
+
+
+def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
+    model = _write_models(tmp_path / "m")
+    other = _write_models(tmp_path / "m2")
+    cfg = ResultsConfig(clips=1, grid_clips=1, steps=(1, 2), ablations={"copy": str(other)})
+    res = run_results(model, synth_dataset, tmp_path / "r", cfg, long=synth_dataset, progress=False)
+    assert res["main"]["seconds_per_clip"] > 0 and "identity" in res["main"]
+    assert [(r["guidance"], r["steps"]) for r in res["grid"]] == [
+        ("split", 1), ("split", 2), ("joint", 1), ("joint", 2)
+    ]  # fmt: skip
+    assert [r["mode"] for r in res["ans"]] == ["ans", "plain"]
+    assert res["ablations"][0]["name"] == "copy"
+    saved = json.loads((tmp_path / "r/results.json").read_text())
+    assert saved["main"] == res["main"]
+    md = (tmp_path / "r/results.md").read_text()
+    assert "## Main table" in md and "## ANS vs plain chunking" in md and "| joint | 2 |" in md
+    assert (tmp_path / "r/steps_guidance.png").is_file()
+    assert not (tmp_path / "r/split_1").exists()  # grid videos are removed once scored
+
+
+def test_results_markdown_marks_missing_values():
+    md = results_markdown(
+        {"model": "m", "data": "d", "clips": 1, "main": {"mouth_corr": float("nan")}, "grid": []}
+    )
+    assert "—" in md
+
+
+def test_results_cli_errors(synth_dataset, tmp_path, capsys):
+    base = ["bench", "results", "--model", str(tmp_path), "--data", str(synth_dataset)]
+    assert main([*base, "--out", str(tmp_path / "o"), "--ablation", "bad"]) == 2
+    assert "name=DIR" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "o"), "--steps", "a,b"]) == 2
+    with pytest.raises(ReadtalkError, match="lacks"):
+        run_results(tmp_path, synth_dataset, tmp_path / "o")
