@@ -299,3 +299,28 @@ def test_features_per_clip_window(pipe, inputs):
     for (seg, n), w in zip(calls, plan, strict=True):
         assert n == CLIP == w.frames and len(seg) == n * 640
         assert np.array_equal(seg, padded[w.frame_start * 640 : w.frame_stop * 640])
+
+
+def test_face_crop_frames_the_face(pipe, model_dir, inputs, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from readtalk.cli import main
+    from readtalk.data.faces import FaceDetector
+    from readtalk.pipeline import face_crop
+
+    photo = skimage_data.astronaut()  # a real portrait, face in the upper middle
+    assert pipe.prepare_image(photo, crop="face").shape == (SIZE, SIZE, 3)
+    faces = FaceDetector(256)(face_crop(photo, 256))
+    assert len(faces) == 1 and abs(faces[0].cx - 128) < 20  # the face is centred now
+    with pytest.raises(ReadtalkError, match="no face found"):
+        pipe.prepare_image(_face(), crop="face")
+    with pytest.raises(ReadtalkError, match="crop must be"):
+        pipe.prepare_image(_face(), crop="left")
+    d, _, _ = inputs
+    write_image(tmp_path / "astronaut.png", photo)
+    args = ["generate", "--model", str(model_dir), "--image", str(tmp_path / "astronaut.png")]
+    assert main([*args, "--audio", str(d / "short.wav"), "--out", str(tmp_path / "o.mp4"),
+                 "--crop", "face", "--quiet"]) == 0  # fmt: skip
+    with pytest.raises(SystemExit) as bad:  # argparse: usage and exit status 2
+        main([*args, "--audio", str(d / "short.wav"), "--out", str(tmp_path / "p.mp4"),
+              "--crop", "nose"])  # fmt: skip
+    assert bad.value.code == 2

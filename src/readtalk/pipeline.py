@@ -399,8 +399,15 @@ class Pipeline:
 
     # ---- inputs
 
-    def prepare_image(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
-        """Portrait (path or uint8 HWC RGB) -> uint8 (size, size, 3), centre crop + resize."""
+    def prepare_image(
+        self, image: str | os.PathLike | np.ndarray, crop: str = "center"
+    ) -> np.ndarray:
+        """Portrait (path or uint8 HWC RGB) -> uint8 (size, size, 3).
+
+        ``crop="center"``: the centre square, resized. ``crop="face"``: the largest face found by
+        the detector ``readtalk prepare`` uses, framed as prepared training clips are (a square
+        2x the face box, centred 0.15 face sizes above it), so a photo of any framing matches
+        what the model was trained on."""
         from readtalk.media import read_image
         from readtalk.train.vae import fit_size
 
@@ -413,7 +420,12 @@ class Pipeline:
             raise ReadtalkError(f"image must be an (H, W, 3) RGB array, got shape {img.shape}")
         if img.dtype != np.uint8:
             raise ReadtalkError(f"image array must be uint8 RGB, got {img.dtype}")
-        return fit_size(np.ascontiguousarray(img[..., :3])[None], self.size)[0]
+        img = np.ascontiguousarray(img[..., :3])
+        if crop == "face":
+            return face_crop(img, self.size)
+        if crop != "center":
+            raise ReadtalkError(f"crop must be 'center' or 'face', got {crop!r}")
+        return fit_size(img[None], self.size)[0]
 
     @staticmethod
     def prepare_audio(audio: str | os.PathLike | np.ndarray | Tensor) -> np.ndarray:
@@ -647,7 +659,13 @@ class Pipeline:
 
 def configure_generate_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``readtalk generate``."""
-    p.add_argument("--image", required=True, help="portrait (PNG/JPEG; centre-cropped, resized)")
+    p.add_argument("--image", required=True, help="portrait (PNG/JPEG)")
+    p.add_argument(
+        "--crop",
+        choices=("center", "face"),
+        default="center",
+        help="centre square, or frame the detected face as prepared footage is",
+    )
     p.add_argument("--audio", required=True, help="speech (any audio file or video's audio)")
     p.add_argument("--out", required=True, help="mp4 to write")
     p.add_argument(
@@ -680,6 +698,19 @@ def configure_generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def face_crop(image: np.ndarray, size: int, margin: float = 2.0, lift: float = 0.15) -> np.ndarray:
+    """The largest face of an RGB image, framed like ``readtalk prepare``'s clips."""
+    from readtalk.data import faces
+
+    found = faces.FaceDetector()(image)
+    if not found:
+        raise ReadtalkError("no face found in the portrait (use --crop center to skip detection)")
+    face = max(found, key=lambda f: f.size)
+    h, w = image.shape[:2]
+    box = faces.crop_boxes(face.box[None], margin, lift, w, h)[0]
+    return faces.crop_frame(image, box, size)
+
+
 def load_pipeline_from_args(a: argparse.Namespace) -> Pipeline:
     explicit = [a.vae, a.speech, a.dit]
     if a.model and any(explicit):
@@ -701,7 +732,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     pipe = load_pipeline_from_args(a)
     res = pipe.generate_to_file(
-        a.image,
+        pipe.prepare_image(a.image, a.crop),
         a.audio,
         a.out,
         steps=a.steps,
