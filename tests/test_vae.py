@@ -80,6 +80,7 @@ def test_preset_sizes():
     assert 1_000_000 < counts["small"] < 5_000_000
     assert counts["small"] < counts["base"] < 20_000_000
     assert counts["ltx"] == 419_193_649
+    assert counts["res-small"] < counts["res-base"] < 30_000_000
     assert VAE_PRESETS["small"].latent_channels == 32
     assert not VAE_PRESETS["ltx"].decoder_causal and VAE_PRESETS["small"].decoder_causal
 

@@ -353,6 +353,17 @@ VAE_PRESETS: dict[str, VAEConfig] = {
         spatio_temporal_scaling=(True, True, True),
         residual=True,
     ),
+    # 28.7M parameters, 64 latent channels, residual resampling: twice the latent of res-small
+    # for small details (a mouth a few pixels open); about 4x its cost per step.
+    "res-base": VAEConfig(
+        name="res-base",
+        latent_channels=64,
+        block_out_channels=(32, 64, 128, 256),
+        decoder_block_out_channels=(64, 128, 256),
+        layers_per_block=(1, 1, 2, 2),
+        spatio_temporal_scaling=(True, True, True),
+        residual=True,
+    ),
     # 14.7M parameters, 64 latent channels: the larger CPU-trainable size
     # (~1.4 s at 128 px, ~4.2 s at 256 px per 33-frame clip, one thread).
     "base": VAEConfig(
