@@ -331,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_cli(sub)  # readtalk eval
     p = train.add_parser("vae", help="train or fine-tune the temporal VAE on a dataset's videos")
     _add_train_args(p)
-    p.add_argument("--preset", default=None, help="size preset: debug, small, res-small, base, res-base, ltx")
+    p.add_argument(
+        "--preset", default=None, help="size preset: debug, small, res-small, base, res-base, ltx"
+    )
     p.add_argument(
         "--init",
         default=None,
