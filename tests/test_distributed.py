@@ -25,12 +25,10 @@ import torch
 from safetensors.torch import load_file
 
 from readtalk.cli import main
-from readtalk.data.cache import FORMAT, SHARD
-from readtalk.train.common import atomic_save
+from test_cache_dit import _synthetic_cache  # the same random cache as the golden test
 
 torch.set_num_threads(1)
 
-FRAMES = 17
 WORKER = """
 import json, sys
 from readtalk.cli import main
@@ -43,36 +41,6 @@ def _env() -> dict:
     src = str(Path(__file__).resolve().parents[1] / "src")
     path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
-def _synthetic_cache(root: Path) -> Path:
-    """A cache of random tensors (fixed seed): 6 train + 2 test windows of the debug VAE."""
-    g = torch.Generator().manual_seed(7)
-    n, c = 8, 8
-    shard = {
-        "latent": torch.randn(n, c, 3, 2, 2, generator=g).half(),
-        "ref": torch.randn(n, c, 1, 2, 2, generator=g).half(),
-        "audio": torch.randn(n, 3, 8, generator=g),
-        "mouth_open": torch.zeros(n, FRAMES),
-        "gap": torch.zeros(n, FRAMES),
-        "start": torch.zeros(n, dtype=torch.long),
-        "ids": [f"{i:06d}" for i in range(n)],
-        "split": ["train"] * 6 + ["test"] * 2,
-    }
-    atomic_save(shard, root / SHARD.format(0))
-    meta = {
-        "format": FORMAT,
-        "shards": [SHARD.format(0)],
-        "frames": FRAMES,
-        "latent_shape": [c, 3, 2, 2],
-        "code_dim": 8,
-        "latent_mean": [0.1] * c,
-        "latent_std": [0.9] * c,
-        "vae": {"path": "vae"},
-        "speechae": {"path": "sp"},
-    }
-    (root / "meta.json").write_text(json.dumps(meta))
-    return root
 
 
 @pytest.fixture(scope="module")
