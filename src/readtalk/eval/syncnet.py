@@ -338,26 +338,25 @@ def window_count(frames: int, samples: int) -> int:
     return min(frames, samples // SAMPLES_PER_FRAME) - WINDOW
 
 
+def _embed(
+    model: SyncNet, forward, windows, source: np.ndarray, n: int, batch: int
+) -> torch.Tensor:
+    """``forward`` over ``windows(source, i, j)`` in batches on the model's device -> (n, D)."""
+    dev = next(model.parameters()).device
+    out = [forward(windows(source, i, min(n, i + batch)).to(dev)).cpu() for i in range(0, n, batch)]
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def embed_video(model: SyncNet, crops: np.ndarray, n: int, batch: int = 32) -> torch.Tensor:
     """Embeddings (n, D) of the first ``n`` 5-frame windows of cropped frames (F, S, S, 3)."""
-    dev = next(model.parameters()).device
-    out = [
-        model.forward_video(video_windows(crops, i, min(n, i + batch)).to(dev)).cpu()
-        for i in range(0, n, batch)
-    ]
-    return torch.cat(out)
+    return _embed(model, model.forward_video, video_windows, crops, n, batch)
 
 
 @torch.no_grad()
 def embed_audio(model: SyncNet, feats: np.ndarray, n: int, batch: int = 256) -> torch.Tensor:
     """Embeddings (n, D) of the audio windows of the first ``n`` video windows (MFCC (T, 13))."""
-    dev = next(model.parameters()).device
-    out = [
-        model.forward_audio(audio_windows(feats, i, min(n, i + batch)).to(dev)).cpu()
-        for i in range(0, n, batch)
-    ]
-    return torch.cat(out)
+    return _embed(model, model.forward_audio, audio_windows, feats, n, batch)
 
 
 # ------------------------------------------------------------------------------------- scoring

@@ -26,7 +26,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from readtalk.errors import ReadtalkError
 if TYPE_CHECKING:
     from readtalk.train.common import OptimConfig
 
+T = TypeVar("T")
 FSDP_AUTO_PARAMS = 1_000_000_000  # parallel=auto shards models at least this large (paper DiT)
 
 
@@ -60,6 +61,17 @@ def is_main() -> bool:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def main_first(build: Callable[[bool], T], progress: bool) -> T:
+    """``build(progress)`` on rank 0 first (it may write a cache file), then on the other ranks,
+    which find that file and read it, quietly."""
+    if is_main():
+        out = build(progress)
+    barrier()
+    if not is_main():
+        out = build(False)
+    return out
 
 
 def setup(device: str = "auto") -> torch.device:

@@ -177,11 +177,8 @@ def train_speech(
     """
     run = start_run(cfg, out, resume)
     tc = cfg.train
-    if dist.is_main():  # rank 0 computes the features; the others then read its file
-        cache = cached_features(cfg, run.root, progress)
-    dist.barrier()
-    if not dist.is_main():
-        cache = cached_features(cfg, run.root, progress=False)
+    # rank 0 computes the features; the others then read its file
+    cache = dist.main_first(lambda show: cached_features(cfg, run.root, show), progress)
     train_feats = [x for x in cache["train"].values() if x.shape[0] >= cfg.clip_frames]
     if not train_feats:
         raise ReadtalkError(f"no training clip has {cfg.clip_frames} frames; lower clip_frames")

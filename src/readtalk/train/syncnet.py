@@ -248,11 +248,10 @@ def train_syncnet(
     tc = cfg.train
     mcfg = SYNCNET_SIZES[cfg.size]
     records = load_manifest(cfg.data)
-    if dist.is_main():  # rank 0 builds the frame cache; the others then read it
-        bank = ClipBank(records, mcfg.image_size, cfg.crop, run.root, progress)
-    dist.barrier()
-    if not dist.is_main():
-        bank = ClipBank(records, mcfg.image_size, cfg.crop, run.root, False)
+    # rank 0 builds the frame cache; the others then read it
+    bank = dist.main_first(
+        lambda show: ClipBank(records, mcfg.image_size, cfg.crop, run.root, show), progress
+    )
     need = 2 * cfg.max_shift + 1
     train_clips = [c for c in bank.clips("train") if bank.windows[c] >= need]
     if not train_clips:
