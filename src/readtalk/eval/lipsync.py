@@ -24,15 +24,9 @@ import cv2
 import numpy as np
 import torch
 
+from readtalk.data.synthtalk.mouth_reader import SEARCH, pearson
+from readtalk.data.synthtalk.render import luma
 from readtalk.eval.pixel import ssim
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; NaN when either side is constant or shorter than 2."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size < 2 or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 @dataclass(frozen=True)
@@ -60,15 +54,6 @@ def mouth_sync(pred_gap: np.ndarray, true_gap: np.ndarray, max_offset: int = 5) 
     )
 
 
-SEARCH = (0.22, 0.78, 0.5, 0.85)  # x0, x1, y0, y1: where a SynthTalk mouth can be
-
-
-def _luma(frames: np.ndarray) -> np.ndarray:
-    """(F, H, W, 3) uint8 -> (F, H, W) float32 luma (BT.601)."""
-    f = frames.astype(np.float32)
-    return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
-
-
 def locate_mouth(frames: np.ndarray) -> tuple[int, int]:
     """(x, y) pixel where a mouth-sized patch of the lower face changes most over the video.
 
@@ -83,7 +68,7 @@ def locate_mouth(frames: np.ndarray) -> tuple[int, int]:
         int(SEARCH[2] * H),
         int(SEARCH[3] * H),
     )
-    std = _luma(frames[:, y0:y1, x0:x1]).std(axis=0)
+    std = luma(frames[:, y0:y1, x0:x1]).std(axis=0)
     k = max(3, (W // 10) | 1)
     std = cv2.blur(std, (k, max(3, (k // 2) | 1)))
     iy, ix = np.unravel_index(int(np.argmax(std)), std.shape)
@@ -97,7 +82,7 @@ def mouth_darkness(frames: np.ndarray, center: tuple[int, int]) -> np.ndarray:
     hw, hh = max(1, int(0.07 * W)), max(1, int(0.035 * H))
     x, y = center
     win = frames[:, max(0, y - hh) : y + hh + 1, max(0, x - hw) : x + hw + 1]
-    return 1.0 - _luma(win).mean(axis=(1, 2)) / 255.0
+    return 1.0 - luma(win).mean(axis=(1, 2)) / 255.0
 
 
 def frame_changes(frames: np.ndarray, size: int = 64) -> np.ndarray:

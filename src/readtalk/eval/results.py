@@ -189,6 +189,8 @@ def results_markdown(res: dict) -> str:
 def _plot_grid(rows: list[dict], path: Path) -> None:
     import matplotlib
 
+    from readtalk.eval.suite import save_figure
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -202,9 +204,7 @@ def _plot_grid(rows: list[dict], path: Path) -> None:
                 ax.annotate(str(r["steps"]), (r["seconds_per_clip"], yy), fontsize=8)
     ax.set(xlabel="seconds per 121-frame clip", ylabel="mouth_corr", title="steps vs quality")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -231,10 +231,9 @@ def cmd_results(a) -> None:
         device=a.device,
         ablations=ablations,
     )
-    res = run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
+    run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
     print((Path(a.out) / "results.md").read_text())
     print(f"wrote {Path(a.out) / 'results.json'}")
-    del res
 
 
 def add_cli(bench_sub) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,6 @@ class EvalConfig:
     max_offset: int = 5  # frames searched for the mouth-track AV offset
     fid_stride: int = 5  # every n-th frame goes into FID
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.window < 2 or self.clip_frames < 9 or (self.clip_frames - 1) % self.temporal_factor:
@@ -144,15 +143,16 @@ def score_video(
     ref: Reference | None,
     cfg: EvalConfig,
     syncnet=None,
+    gt: np.ndarray | None = None,
 ) -> tuple[dict, list[dict], dict]:
-    """Every network-free metric (plus Sync-C/D when a SyncNet is given) of one video.
+    """Every network-free metric (plus Sync-C/D when a SyncNet is given) of one video;
+    ``gt``: the reference's frames, when it has a video.
 
     Returns (per-video values, per-window values, extras for the plots)."""
-    from readtalk.media import read_image, read_video
+    from readtalk.media import read_image
 
     out: dict = {"frames": len(pred)}
     extras: dict = {}
-    gt = read_video(ref.video) if ref is not None and ref.video is not None else None
     changes = lipsync.frame_changes(pred)
     cuts = boundaries(len(pred), cfg)
     out["seam_ratio"] = lipsync.seam_ratio(changes, cuts)
@@ -283,17 +283,16 @@ def evaluate(
             audio = load_audio(path)
         except ReadtalkError:
             audio = load_audio(r.audio) if r.audio else None
-        row, win, ext = score_video(frames, audio, r, cfg, syncnet)
+        gt = read_video(r.video) if r.video else None
+        row, win, ext = score_video(frames, audio, r, cfg, syncnet, gt)
         if syncnet is not None and audio is None:
             row["sync_skipped"] = "no audio in the video or the reference"
         videos[path.stem], windows[path.stem], extras[path.stem] = row, win, ext
-        if "fid" not in skipped or "fvd" not in skipped:
-            gt = read_video(r.video) if r.video else None
-            if gt is not None:
-                fid_pred.append(frames[:: cfg.fid_stride])
-                fid_ref.append(gt[:: cfg.fid_stride])
-                fvd_pred += [frames[i : i + 16] for i in range(0, len(frames) - 15, 16)]
-                fvd_ref += [gt[i : i + 16] for i in range(0, len(gt) - 15, 16)]
+        if ("fid" not in skipped or "fvd" not in skipped) and gt is not None:
+            fid_pred.append(frames[:: cfg.fid_stride])
+            fid_ref.append(gt[:: cfg.fid_stride])
+            fvd_pred += [frames[i : i + 16] for i in range(0, len(frames) - 15, 16)]
+            fvd_ref += [gt[i : i + 16] for i in range(0, len(gt) - 15, 16)]
 
     result: dict = {}
     for key in METRICS:
@@ -330,7 +329,7 @@ def evaluate(
         **result,
         "count": len(videos),
         "skipped": {k: v for k, v in skipped.items() if k in METRICS},
-        "settings": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "settings": asdict(cfg),
         "videos": {k: {kk: _nan_to_none(vv) for kk, vv in v.items()} for k, v in videos.items()},
         "windows": {
             k: [{kk: _nan_to_none(vv) for kk, vv in row.items()} for row in w]
@@ -368,7 +367,7 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
         ylabel="mean |frame change|",
         title=f"{longest}: change per frame (red: clip starts)",
     )
-    written.append(_save(fig, out_dir / "seams.png"))
+    written.append(save_figure(fig, out_dir / "seams.png"))
     # 2. mouth tracks of up to 4 videos
     with_gap = [k for k in extras if "pred_gap" in extras[k]][:4]
     if with_gap:
@@ -380,7 +379,7 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
             ax.set_title(f"{k}: r = {c:.3f}" if c is not None else k, fontsize=9)
         axes[0, 0].legend(fontsize=8)
         axes[-1, 0].set_xlabel("frame")
-        written.append(_save(fig, out_dir / "mouth_tracks.png"))
+        written.append(save_figure(fig, out_dir / "mouth_tracks.png"))
     # 3. metrics per window, averaged over videos at each window index
     keys = ["mouth_corr", "psnr", "identity", "change"]
     rows = report["windows"]
@@ -395,11 +394,12 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
                 means.append(np.mean(vals) if vals else np.nan)
             ax.plot(np.arange(n), means, marker="o")
             ax.set(title=k, xlabel=f"window ({report['settings']['window']} frames)")
-        written.append(_save(fig, out_dir / "windows.png"))
+        written.append(save_figure(fig, out_dir / "windows.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG) and close a matplotlib figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt

@@ -111,9 +111,9 @@ def read_mouth_track(frames) -> np.ndarray:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; NaN when either side is constant."""
+    """Pearson correlation; NaN when either side is constant or shorter than 2."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.std() == 0 or b.std() == 0:
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
