@@ -27,7 +27,9 @@ def default_model_dir() -> Path:
 
 
 def has_model(path: Path) -> bool:
-    return all((path / f"{k}.safetensors").is_file() for k in ("vae", "speechae", "dit"))
+    from readtalk.pipeline import model_files
+
+    return all(p.is_file() for p in model_files(path).values())
 
 
 def synth_inputs(out: Path, size: int, seed: int) -> dict:

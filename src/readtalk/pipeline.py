@@ -362,7 +362,7 @@ class Pipeline:
         root = Path(path)
         if not root.is_dir():
             raise ReadtalkError(f"model folder not found: {root}")
-        files = {k: root / f"{k}.safetensors" for k in ("vae", "speechae", "dit")}
+        files = model_files(root)
         missing = [p.name for p in files.values() if not p.is_file()]
         if missing:
             raise ReadtalkError(f"model folder {root} lacks {', '.join(missing)}")
@@ -696,6 +696,11 @@ def configure_generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def model_files(root: str | os.PathLike) -> dict[str, Path]:
+    """The weights files of a model folder (``Pipeline.from_pretrained``)."""
+    return {k: Path(root) / f"{k}.safetensors" for k in ("vae", "speechae", "dit")}
 
 
 def face_crop(image: np.ndarray, size: int, margin: float = 2.0, lift: float = 0.15) -> np.ndarray:
