@@ -293,6 +293,7 @@ class SampleWriter:
     def __init__(
         self, folder: Path, test, n: int, d: DiffusionConfig, device: torch.device | str = "cpu"
     ) -> None:
+        from readtalk.eval.lipsync import locate_mouth
         from readtalk.vae.model import VideoVAE
 
         vae_path = (test.meta.get("vae") or {}).get("path")
@@ -307,8 +308,6 @@ class SampleWriter:
         self.noise = torch.randn(self.batch["latent"].shape, generator=gen)
         self.test = test
         recon = self._frames(self.batch["latent"])
-        from readtalk.eval.lipsync import locate_mouth
-
         # where the VAE's reconstruction of the truth moves its mouth: the fixed spot at which
         # the blur-tolerant darkness score reads both the reconstruction and the samples
         self.centers = [locate_mouth(v) for v in recon]
