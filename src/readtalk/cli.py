@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from readtalk import bench as bench_cli
+    from readtalk import export as export_cli
     from readtalk import pipeline as pipeline_cli
     from readtalk.data import cache as cache_cli
     from readtalk.data import prepare as prepare_cli
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     from readtalk.train import syncnet as syncnet_cli
 
     pipeline_cli.add_cli(sub)  # readtalk generate
+    export_cli.add_cli(sub)  # readtalk export
     p = sub.add_parser(
         "demo", help="speak a sentence with a face using the demo model (demo/demo.mp4)"
     )

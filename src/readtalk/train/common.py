@@ -216,6 +216,12 @@ def save_release(
     return path
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 -> float32 (releases may be stored in half precision, see
+    ``readtalk export``); other tensors unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def load_release(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a release file written by ``save_release``; checks its kind."""
     path = Path(path)
@@ -227,6 +233,7 @@ def load_release(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], 
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
         raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
+    tensors = {k: upcast(v) for k, v in tensors.items()}  # half-precision releases (export)
     if meta.get("kind") != kind:
         raise ReadtalkError(f"{path} holds {meta.get('kind', 'unknown')!r} weights, not {kind!r}")
     return tensors, meta

@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from readtalk.errors import ReadtalkError
 
+HALF = (torch.float16, torch.bfloat16)  # stored-precision dtypes loaded as float32 by default
+
 # --------------------------------------------------------------------------------------- config
 
 
@@ -892,6 +894,8 @@ class VideoVAE(nn.Module):
             )
         if dtype is not None:
             state = {k: v.to(dtype) for k, v in state.items()}
+        else:  # half-precision files (readtalk export) load as float32
+            state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
         vae.ae.load_state_dict(state, strict=True, assign=True)
         return vae
 
