@@ -1,6 +1,7 @@
 """readtalk bench results: generate, score and tabulate on a dataset's test split."""
 
 import json
+import math
 
 import pytest
 
@@ -20,6 +21,9 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
         ("split", 1), ("split", 2), ("joint", 1), ("joint", 2)
     ]  # fmt: skip
     assert [r["mode"] for r in res["ans"]] == ["ans", "plain"]
+    # seams are found at the model's own clip boundaries (17-frame clips here, not 121)
+    assert res["clip_frames"] == 17
+    assert all(math.isfinite(r["seam_ratio"]) for r in res["ans"])
     assert res["ablations"][0]["name"] == "copy"
     saved = json.loads((tmp_path / "r/results.json").read_text())
     assert saved["main"] == res["main"]

@@ -103,11 +103,15 @@ def run_results(
     if cfg.clips:
         tests = tests[: cfg.clips]
     pipe = Pipeline.from_pretrained(model, device=cfg.device)
-    res: dict = {"model": str(model), "data": str(data), "clips": len(tests)}
+    st = pipe.settings()
+    res: dict = {"model": str(model), "data": str(data), "clips": len(tests),
+                 "clip_frames": st["clip_frames"]}  # fmt: skip
+    # seams are scored at the model's own clip boundaries
+    clips_kw = {"clip_frames": st["clip_frames"], "motion_latents": st["motion_latents"]}
 
     # 1. main table
     t = generate_set(pipe, tests, out / "main", progress, seed=cfg.seed)
-    res["main"] = _row(_score(out / "main", data, out / "eval_main", cfg), t)
+    res["main"] = _row(_score(out / "main", data, out / "eval_main", cfg, **clips_kw), t)
 
     # 2. steps x guidance
     grid = tests[: cfg.grid_clips]
@@ -116,7 +120,7 @@ def run_results(
         for s in cfg.steps:
             name = f"{g}_{s}"
             t = generate_set(pipe, grid, out / name, progress, steps=s, guidance=g, seed=cfg.seed)
-            rep = _score(out / name, data, out / f"eval_{name}", cfg)
+            rep = _score(out / name, data, out / f"eval_{name}", cfg, **clips_kw)
             res["grid"].append({"guidance": g, "steps": s, **_row(rep, t)})
             shutil.rmtree(out / name)  # keep the folder small: the metrics stay
 
@@ -127,7 +131,7 @@ def run_results(
         for ans in (True, False):
             name = "ans" if ans else "plain"
             t = generate_set(pipe, longs, out / name, progress, ans=ans, seed=cfg.seed)
-            rep = _score(out / name, long, out / f"eval_{name}", cfg)
+            rep = _score(out / name, long, out / f"eval_{name}", cfg, **clips_kw)  # same timeline
             per_win = [
                 w["mouth_corr"]
                 for ws in rep["windows"].values()
@@ -150,7 +154,11 @@ def run_results(
     for name, mdir in cfg.ablations.items():
         other = Pipeline.from_pretrained(mdir, device=cfg.device)
         t = generate_set(other, tests, out / f"abl_{name}", progress, seed=cfg.seed)
-        rep = _score(out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg)
+        ost = other.settings()
+        rep = _score(
+            out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg,
+            clip_frames=ost["clip_frames"], motion_latents=ost["motion_latents"],
+        )  # fmt: skip
         res["ablations"].append({"name": name, "model": str(mdir), **_row(rep, t)})
 
     (out / "results.json").write_text(json.dumps(res, indent=1))
