@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -356,3 +357,13 @@ def test_samples_need_the_cache_vae(cache, tmp_path):
     cfg = dataclasses.replace(_run_cfg(moved, 2, eval_every=2), samples=1)
     with pytest.raises(ReadtalkError, match="samples need the cache's VAE"):
         train_dit(cfg, tmp_path / "run", progress=False)
+
+
+def test_ema_warmup_forgets_the_initialisation():
+    from readtalk.train.common import ema_decay_at
+
+    assert ema_decay_at(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    # the share of the random initialisation left in the average after a 2,500-step run
+    left = math.prod(ema_decay_at(0.999, n) for n in range(1, 2501))
+    assert left < 1e-6 < 0.08 < 0.999**2500

@@ -268,8 +268,9 @@ def fit(
     the model is sharded; rank 0 logs). Resuming loads the model and optimiser from the run's
     latest checkpoint and drops metrics logged after it, so the numbers continue exactly.
     ``ema`` (optional, a copy of ``model``, sharded like it) is updated after every optimiser
-    step as ``ema = decay * ema + (1 - decay) * model`` (buffers copied) and checkpointed under
-    "ema". Checkpoints hold the unwrapped modules' full states (``dist.state_dict``).
+    step as ``ema = d * ema + (1 - d) * model`` (buffers copied) with the warm-up
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` steps (``ema_decay_at``), and checkpointed
+    under "ema". Checkpoints hold the unwrapped modules' full states (``dist.state_dict``).
     """
     if isinstance(loss_fn, torch.nn.Module):
         step_fn = loss_fn
@@ -318,7 +319,7 @@ def fit(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         if ema is not None:
-            _ema_update(ema, model, ema_decay)
+            _ema_update(ema, model, ema_decay_at(ema_decay, step + 1))
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             dt = time.perf_counter() - t_log
@@ -356,6 +357,15 @@ def fit(
             dist.barrier()
     bar.close()
     return True
+
+
+def ema_decay_at(decay: float, steps: int) -> float:
+    """The EMA decay after ``steps`` optimiser steps: ``min(decay, (1 + n) / (10 + n))``.
+
+    Without the warm-up a 0.999 average still holds 0.999^n of the random initialisation after
+    n steps (8 % at 2,500 steps, enough to spoil a short run's samples); with it the average
+    covers about the last 10 % of the steps until it reaches ``decay``."""
+    return min(decay, (1.0 + steps) / (10.0 + steps))
 
 
 @torch.no_grad()
