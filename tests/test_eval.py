@@ -77,11 +77,28 @@ def test_eval_of_true_videos_is_near_perfect(synth_dataset, preds, tmp_path):
     saved = json.loads((tmp_path / "good" / "metrics.json").read_text())
     assert saved["mouth_corr"] == rep["mouth_corr"] and set(saved["videos"]) == set(rep["videos"])
     assert (tmp_path / "good" / "mouth_tracks.png").stat().st_size > 1000
+    # truth over generated at the most open and most closed true mouths: 2 videos x 2 rows
+    from readtalk.media import read_image
+
+    sheet = read_image(tmp_path / "good" / "lipsync_sheet.png")
+    assert sheet.shape[0] > 4 * 32 and sheet.shape[1] > 8 * 32
+
     # another person's video under this id: identity, pixels and lip sync all drop
     bad = evaluate(swapped, synth_dataset, tmp_path / "swap", EvalConfig(), progress=False)
     one = rep["videos"][next(iter(bad["videos"]))]
     assert bad["identity"] < one["identity"] - 0.1
     assert bad["psnr"] < 25 and bad["mouth_corr"] < 0.5
+
+
+def test_sheet_frames_pick_open_and_closed_moments():
+    from readtalk.eval.suite import sheet_frames
+
+    gap = np.zeros(100)
+    gap[[10, 11, 40, 70, 90]] = [0.5, 0.6, 0.4, 0.3, 0.2]
+    idx = sheet_frames(gap, k=2, spacing=5)
+    assert list(idx) == sorted(idx) and len(idx) == 4
+    assert {11, 40} <= set(idx)  # the two most open, 10 being too close to 11
+    assert all(gap[i] == 0 for i in set(idx) - {11, 40})
 
 
 def test_eval_with_syncnet_seams_and_windows(synth_dataset, preds, tmp_path):

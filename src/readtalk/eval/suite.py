@@ -168,6 +168,9 @@ def score_video(
         out.update(mouth_corr=m.corr, mouth_mae=m.mae, av_offset=m.offset)
         n = min(len(pred_gap), len(true_gap))
         extras.update(pred_gap=pred_gap[:n], true_gap=true_gap[:n])
+        if gt is not None and gt.shape[1:] == pred.shape[1:]:
+            idx = sheet_frames(true_gap[: min(n, len(gt))])
+            extras["sheet"] = (gt[idx], pred[idx])
 
     same = gt is not None and gt.shape[1:] == pred.shape[1:]
     if same:
@@ -211,6 +214,21 @@ def score_video(
             row["identity"] = float(ident[w0:w1].mean())
         windows.append(row)
     return out, windows, extras
+
+
+def sheet_frames(gap: np.ndarray, k: int = 4, spacing: int = 5) -> np.ndarray:
+    """Frame indices for a lip-sync sheet, in time order: the ``k`` most open and ``k`` most
+    closed moments of the true mouth, at least ``spacing`` frames apart."""
+    chosen: list[int] = []
+    for order in (np.argsort(-gap, kind="stable"), np.argsort(gap, kind="stable")):
+        got = 0
+        for i in order:
+            if got == k:
+                break
+            if all(abs(int(i) - j) >= spacing for j in chosen):
+                chosen.append(int(i))
+                got += 1
+    return np.array(sorted(chosen), dtype=int)
 
 
 # --------------------------------------------------------------------------------------- runner
@@ -380,6 +398,15 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
         axes[0, 0].legend(fontsize=8)
         axes[-1, 0].set_xlabel("frame")
         written.append(save_figure(fig, out_dir / "mouth_tracks.png"))
+    # 2b. truth over generated at the most open and most closed true mouths, up to 4 videos
+    sheets = [k for k in extras if "sheet" in extras[k]][:4]
+    if sheets:
+        from readtalk.media import contact_sheet, write_image
+
+        tiles = [f for k in sheets for f in (*extras[k]["sheet"][0], *extras[k]["sheet"][1])]
+        cols = len(extras[sheets[0]]["sheet"][0])
+        if all(len(extras[k]["sheet"][0]) == cols for k in sheets):
+            written.append(write_image(out_dir / "lipsync_sheet.png", contact_sheet(tiles, cols)))
     # 3. metrics per window, averaged over videos at each window index
     keys = ["mouth_corr", "psnr", "identity", "change"]
     rows = report["windows"]
