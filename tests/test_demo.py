@@ -45,3 +45,23 @@ def test_demo_without_a_model_writes_a_synthtalk_sample(tmp_path, capsys, monkey
     assert "no trained demo model" in capsys.readouterr().out
     assert (tmp_path / "d/sheet.png").is_file()
     assert default_model_dir().name == "demo" and not has_model(tmp_path)
+
+
+def test_the_shipped_demo_model(tmp_path):
+    """The model in the package loads, fits the 50 MB budget and draws the held-out identity it
+    is given (SynthTalk's thumbnail identity score; another person scores far lower)."""
+    from readtalk.demo import synth_inputs
+    from readtalk.eval.lipsync import thumbnail_identity
+    from readtalk.media import read_image, read_video
+    from readtalk.pipeline import Pipeline
+
+    mdir = default_model_dir()
+    assert has_model(mdir)
+    assert sum(p.stat().st_size for p in mdir.iterdir()) <= 50e6
+    pipe = Pipeline.from_pretrained(mdir)
+    assert pipe.size == 256 and pipe.settings()["clip_frames"] == 57
+    made = synth_inputs(tmp_path, pipe.size, seed=0)
+    res = pipe.generate_to_file(made["image"], made["audio"], tmp_path / "d.mp4", progress=False)
+    frames, truth = read_video(res.path), read_video(made["truth"])
+    assert frames.shape == truth.shape
+    assert thumbnail_identity(frames, read_image(made["image"])).mean() > 0.75
