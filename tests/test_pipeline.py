@@ -173,6 +173,39 @@ def test_in_memory_deterministic_and_seeds(pipe, inputs):
     assert not np.array_equal(p.frames[CLIP:], a.frames[CLIP:])
 
 
+def test_motion_latents_are_the_previous_clips_frames_encoded_again(pipe, inputs, monkeypatch):
+    import torch
+
+    import readtalk.diffusion.ans as ans
+
+    _, _, long = inputs
+    img = _face()
+    seen = []  # (previous clip's latents, the motion the next clip got)
+    real = ans.ans_sample
+
+    def spy(model_fn, noise, schedule, motion=None, **kw):
+        out = real(model_fn, noise, schedule, motion=motion, **kw)
+        seen.append((motion, out))
+        return out
+
+    monkeypatch.setattr(ans, "ans_sample", spy)
+    a = pipe(img, long, seed=0, progress=False)
+    assert a.settings["motion_from"] == "frames" and len(seen) == 3
+    # clip 2's motion is clip 1's last decoded frame (uint8 here, so up to rounding) encoded
+    last = torch.from_numpy(a.frames[CLIP - 1]).permute(2, 0, 1)[None, :, None].float()
+    enc = pipe._normalize(pipe.vae.encode(last / 127.5 - 1).float())
+    assert seen[1][0].shape == enc.shape
+    assert (seen[1][0] - enc).abs().max() < 0.05
+    assert not torch.allclose(seen[1][0], seen[0][1][:, :, -1:])  # not clip 1's last latent
+    seen.clear()
+    b = pipe(img, long, seed=0, motion_from="latents", progress=False)
+    assert torch.equal(seen[1][0], seen[0][1][:, :, -1:])
+    assert np.array_equal(a.frames[:CLIP], b.frames[:CLIP])
+    assert not np.array_equal(a.frames[CLIP:], b.frames[CLIP:])
+    with pytest.raises(ReadtalkError, match="motion_from"):
+        pipe(img, long, motion_from="pixels", progress=False)
+
+
 def test_split_cfg_unit_scales_equal_no_guidance(pipe, inputs):
     _, short, _ = inputs
     img = _face()

@@ -20,7 +20,7 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
     assert [(r["guidance"], r["steps"]) for r in res["grid"]] == [
         ("split", 1), ("split", 2), ("joint", 1), ("joint", 2)
     ]  # fmt: skip
-    assert [r["mode"] for r in res["ans"]] == ["ans", "plain"]
+    assert [r["mode"] for r in res["ans"]] == ["ans", "ans_latents", "plain"]
     # seams are found at the model's own clip boundaries (17-frame clips here, not 121)
     assert res["clip_frames"] == 17
     assert all(math.isfinite(r["seam_ratio"]) for r in res["ans"])

@@ -16,7 +16,10 @@ Audio shorter than one frame (``N < 640``) is an error. The original (unpadded) 
 
 **Long audio** (``readtalk.diffusion.plan_clips(F, clip_latents, motion_latents, last="pad")``):
 clips of the training length (121 frames = 16 latents by default); each later clip starts with
-the previous clip's last ``m`` clean latents as its motion frames (ANS), the last clip is a full
+``m`` clean motion latents (ANS): the previous clip's last ``8(m - 1) + 1`` decoded frames encoded
+again (``motion_from="frames"``, the default), because a clip's first latent encodes one frame
+while the previous clip's last latent summarises eight; reusing that latent as it is
+(``motion_from="latents"``) leaves a visible jump at every clip start. The last clip is a full
 clip whose audio is padded with silence and whose surplus frames are dropped. For every clip the
 front-end features are computed over *that clip's own audio window*
 (``front_end.video_features(audio[window], clip_frames)``), exactly as the SpeechAE / DiT saw
@@ -34,7 +37,7 @@ them: the VAE's own ``normalize``).
 "steps": 8, "motion_latents": 1, "clip_frames": 121, "size": 256}``), whose entries are the
 sampling defaults. A model folder may hold ``pipeline.json`` with the same kind of defaults
 (``size``, ``steps``, ``guidance``, ``alpha``, ``beta``, ``gamma``, ``clip_frames``,
-``motion_latents``, ``shift``), which win over the DiT's.
+``motion_latents``, ``motion_from``, ``shift``), which win over the DiT's.
 
 Determinism: the noise of every clip is drawn from one ``torch.Generator`` seeded with
 ``seed`` (on the sampling device), so a seed gives the same video on the same device / dtype.
@@ -467,9 +470,14 @@ class Pipeline:
             ),
             "seed": int(kw.get("seed") or 0),
             "ans": bool(kw.get("ans", True)),
+            "motion_from": kw.get("motion_from") or d.get("motion_from", "frames"),
         }
         if out["steps"] < 1:
             raise ReadtalkError(f"steps must be >= 1, got {out['steps']}")
+        if out["motion_from"] not in ("frames", "latents"):
+            raise ReadtalkError(
+                f"motion_from must be 'frames' or 'latents', got {out['motion_from']!r}"
+            )
         cf, tf = out["clip_frames"], self.vae.temporal_factor
         if cf < 1 + tf or (cf - 1) % tf:
             raise ReadtalkError(f"clip frames must be {tf}k+1 with k >= 1 (e.g. 121), got {cf}")
@@ -539,6 +547,20 @@ class Pipeline:
             return self.dit(z.to(dt), t, cond["ref"].to(dt), cond["audio"].to(dt), rm, am)
 
         motion_mode = "async" if st["ans"] else "plain"
+        # Motion latents of a later clip: by default the previous clip's last 8(m - 1) + 1
+        # decoded frames encoded again (a first latent of the kind training saw: the cache
+        # encodes every window from its own first frame); "latents" reuses the previous clip's
+        # last m latents as they are, which each summarise 8 frames, and leaves a jump at every
+        # clip boundary.
+        from readtalk.diffusion.ans import overlap_frames
+
+        tail: list[Tensor] = []  # the decoded frames the next clip's motion is encoded from
+        ov = overlap_frames(st["motion_latents"], tf)
+
+        def motion_from_frames(prev: Tensor, window) -> Tensor:
+            px = torch.cat(tail, dim=2)[:, :, -ov:]
+            return self._normalize(self.vae.encode(px).float())
+
         gen = torch.Generator(device=dev).manual_seed(st["seed"])
         bar = tqdm(
             total=len(plan) * st["steps"], desc="generate", unit="step", disable=not progress
@@ -557,6 +579,7 @@ class Pipeline:
             generator=gen,
             motion_mode=motion_mode,
             guidance=guidance,
+            motion_fn=motion_from_frames if st["motion_from"] == "frames" else None,
             device=dev,
             dtype=torch.float32,
             callback=lambda i, _z: bar.update(1),
@@ -565,9 +588,11 @@ class Pipeline:
             for window, z in zip(plan, clips, strict=True):
                 latent = self._denormalize(z.float())
                 done = 0  # clip-local index of the next decoded frame
+                tail.clear()
                 for run in self.vae.iter_decode(latent.to(dt)):
                     a, b = done, done + run.shape[2]
                     done = b
+                    tail.append(run[:, :, -ov:] if ov else run[:, :, :0])
                     lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
                     if lo < hi:
                         yield to_uint8(run[0, :, lo - a : hi - a])
@@ -589,6 +614,7 @@ class Pipeline:
         motion_latents: int | None = None,
         shift: float | None = None,
         ans: bool = True,
+        motion_from: str | None = None,
         progress: bool = True,
     ) -> GenerationResult:
         """Generate in memory; ``result.frames`` is uint8 (F, H, W, 3), F = ceil(N / 640).
@@ -596,11 +622,14 @@ class Pipeline:
         ``None`` settings take the model's defaults (steps 8, Split-CFG alpha 2 / beta 6, joint
         gamma 6, clips of 121 frames with 1 motion latent, shift 1). ``guidance``: "split",
         "joint" or "none" (conditional only). ``ans=False``: plain chunking (no motion frames;
-        same timeline and compute), the ablation.
+        same timeline and compute), the ablation. ``motion_from``: "frames" (default: a later
+        clip's motion latents are the previous clip's last decoded frames encoded again) or
+        "latents" (its last latents reused as they are; the ablation).
         """
         kw = dict(
             steps=steps, guidance=guidance, alpha=alpha, beta=beta, gamma=gamma, seed=seed,
             clip_frames=clip_frames, motion_latents=motion_latents, shift=shift, ans=ans,
+            motion_from=motion_from,
         )  # fmt: skip
         t0 = time.perf_counter()
         x = self.prepare_audio(audio)
@@ -692,6 +721,13 @@ def configure_generate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-ans", action="store_true", help="plain chunking without motion frames (ablation)"
     )
+    p.add_argument(
+        "--motion-from",
+        choices=("frames", "latents"),
+        default=None,
+        help="a later clip's motion: the previous clip's last frames re-encoded (default) or "
+        "its last latents as they are (ablation)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -748,6 +784,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         seed=a.seed,
         clip_frames=a.clip_frames,
         ans=not a.no_ans,
+        motion_from=a.motion_from,
         progress=not a.quiet,
     )
     print(

@@ -13,7 +13,8 @@ tables) and plots into ``--out``:
 2. **steps x guidance**: 4, 6, 8, 10 steps with Split- and Joint-CFG on the first
    ``--grid-clips`` clips: lip sync and identity against runtime.
 3. **ANS**: with ``--long`` (a dataset of long clips, e.g. ``readtalk synth --frames 1501
-   --any-length``): ANS against plain chunking; seam ratio and the spread of lip sync over
+   --any-length``): ANS (motion re-encoded from the previous clip's frames), ANS reusing the
+   previous clip's latents, and plain chunking; seam ratio and the spread of lip sync over
    121-frame windows.
 4. **ablations**: every ``--ablation name=DIR`` model folder (e.g. a DiT trained without the
    pre-trained SpeechAE, or on raw features) scored like the main model.
@@ -128,9 +129,13 @@ def run_results(
     if long:
         longs = load_manifest(long, "test")[: cfg.long_clips] or load_manifest(long)
         res["ans"] = []
-        for ans in (True, False):
-            name = "ans" if ans else "plain"
-            t = generate_set(pipe, longs, out / name, progress, ans=ans, seed=cfg.seed)
+        modes = {  # READ's ANS; ANS reusing the previous clip's latents; plain chunking
+            "ans": {"ans": True, "motion_from": "frames"},
+            "ans_latents": {"ans": True, "motion_from": "latents"},
+            "plain": {"ans": False},
+        }
+        for name, mode in modes.items():
+            t = generate_set(pipe, longs, out / name, progress, seed=cfg.seed, **mode)
             rep = _score(out / name, long, out / f"eval_{name}", cfg, **clips_kw)  # same timeline
             per_win = [
                 w["mouth_corr"]
