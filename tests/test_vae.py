@@ -81,6 +81,9 @@ def test_preset_sizes():
     assert counts["small"] < counts["base"] < 20_000_000
     assert counts["ltx"] == 419_193_649
     assert counts["res-small"] < counts["res-base"] < 30_000_000
+    # the 128-channel latent costs only the layers next to it
+    assert counts["res-small"] < counts["res-small-c128"] < 1.2 * counts["res-small"]
+    assert get_preset("res-small-c128").latent_shape(57, 256, 256) == (128, 8, 8, 8)
     assert VAE_PRESETS["small"].latent_channels == 32
     assert not VAE_PRESETS["ltx"].decoder_causal and VAE_PRESETS["small"].decoder_causal
 
