@@ -21,38 +21,14 @@ from readtalk.errors import ReadtalkError
 
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 KEEP_FP32 = ("_mean", "_std")  # statistics: tiny, and worth their precision
-# the pipeline.json keys Pipeline.settings reads (anything else would be silently ignored)
-DEFAULT_KEYS = (
-    "size",
-    "steps",
-    "shift",
-    "guidance",
-    "alpha",
-    "beta",
-    "gamma",
-    "clip_frames",
-    "motion_latents",
-)
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise ReadtalkError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
-    except Exception as e:
-        raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
 
 
 def convert(src: Path, dst: Path, dtype: torch.dtype) -> int:
     """Copy one safetensors file with its floating-point tensors stored as ``dtype``; returns
     the bytes written."""
-    from safetensors.torch import save_file
+    from readtalk.train.common import read_safetensors, write_safetensors
 
-    tensors, meta = _read(src)
+    tensors, meta = read_safetensors(src)
     out = {}
     for k, v in tensors.items():
         if v.is_floating_point() and not k.endswith(KEEP_FP32):
@@ -61,10 +37,7 @@ def convert(src: Path, dst: Path, dtype: torch.dtype) -> int:
             v = v.to(dtype)
         out[k] = v.contiguous()
     meta["stored_dtype"] = str(dtype).removeprefix("torch.")
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
-    save_file(out, str(tmp), metadata=meta)
-    os.replace(tmp, dst)
-    return dst.stat().st_size
+    return write_safetensors(dst, out, meta).stat().st_size
 
 
 def export_model(
@@ -76,27 +49,26 @@ def export_model(
     defaults: dict | None = None,
 ) -> dict:
     """Write a model folder; returns ``{"files": {name: bytes}, "total_bytes": n}``."""
-    from readtalk.pipeline import Pipeline, model_files
+    from readtalk.pipeline import DEFAULT_KEYS, Pipeline, model_files
+    from readtalk.train.common import release_path
 
     if dtype not in STORE_DTYPES:
         raise ReadtalkError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    speech_p = Path(speech)
-    if speech_p.is_dir():
-        speech_p = speech_p / "speechae.safetensors"
-    dit_p = Path(dit)
-    if dit_p.is_dir():
-        dit_p = dit_p / "dit.safetensors"
-    sources = {"vae": Path(vae), "speechae": speech_p, "dit": dit_p}
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for name, dst in model_files(root).items():
-        sizes[dst.name] = convert(sources[name], dst, STORE_DTYPES[dtype])
     unknown = sorted(set(defaults or {}) - set(DEFAULT_KEYS))
     if unknown:
         raise ReadtalkError(
             f"unknown pipeline.json key(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_KEYS)})"
         )
+    sources = {
+        "vae": Path(vae),
+        "speechae": release_path(speech, "speechae.safetensors"),
+        "dit": release_path(dit, "dit.safetensors"),
+    }
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for name, dst in model_files(root).items():
+        sizes[dst.name] = convert(sources[name], dst, STORE_DTYPES[dtype])
     pj = root / "pipeline.json"
     if defaults:
         tmp = pj.with_name(".pipeline.json.partial")

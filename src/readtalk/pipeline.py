@@ -69,6 +69,7 @@ DIT_KIND = "readtalk.dit"
 DEFAULT_SIZE = 256
 
 __all__ = [
+    "DEFAULT_KEYS",
     "DIT_KIND",
     "GenerationResult",
     "Pipeline",
@@ -81,6 +82,14 @@ __all__ = [
 ]
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+# the keys of a model's defaults (pipeline.json, the DiT release) that Pipeline reads: the
+# frame size and what Pipeline.settings resolves
+DEFAULT_KEYS = (
+    "size", "steps", "shift", "guidance", "alpha", "beta", "gamma", "clip_frames",
+    "motion_latents", "motion_from",
+)  # fmt: skip
 
 
 def frames_for_samples(samples: int) -> int:
@@ -166,11 +175,9 @@ def load_dit_release(path: str | os.PathLike) -> DiTRelease:
     import torch
 
     from readtalk.dit import A2VDiT, DiTConfig
-    from readtalk.train.common import load_release
+    from readtalk.train.common import load_release, release_path
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "dit.safetensors"
+    p = release_path(path, "dit.safetensors")
     tensors, meta = load_release(p, DIT_KIND)
     try:
         cfg = DiTConfig.from_json(meta["config"])

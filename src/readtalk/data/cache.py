@@ -71,11 +71,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _speech_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p / "speechae.safetensors" if p.is_dir() else p
-
-
 def _write_json(obj: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -164,12 +159,13 @@ def build_cache(
 
     from readtalk.data.manifest import load_manifest
     from readtalk.speech.frontend import load_front_end
+    from readtalk.train.common import release_path
     from readtalk.train.speech import load_speechae
     from readtalk.vae.model import VideoVAE
 
     cfg.validate()
     out = Path(out)
-    vae_path, speech_path = Path(cfg.vae), _speech_file(cfg.speech)
+    vae_path, speech_path = Path(cfg.vae), release_path(cfg.speech, "speechae.safetensors")
     for what, p in (("VAE", vae_path), ("SpeechAE", speech_path)):
         if not p.is_file():
             raise ReadtalkError(f"{what} weights not found: {p}")

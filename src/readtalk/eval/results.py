@@ -81,6 +81,12 @@ def _score(pred: Path, data: str | Path, out: Path, cfg: ResultsConfig, **eval_k
     return evaluate(pred, data, out, ecfg, progress=False)
 
 
+def _clips(pipe) -> dict:
+    """A model's clip length and motion latents: seams are scored at its own clip boundaries."""
+    st = pipe.settings()
+    return {"clip_frames": st["clip_frames"], "motion_latents": st["motion_latents"]}
+
+
 def _row(report: dict, timing: dict) -> dict:
     row = {k: report[k] for k in ROW_KEYS if k in report}
     return {**row, **timing}
@@ -104,11 +110,9 @@ def run_results(
     if cfg.clips:
         tests = tests[: cfg.clips]
     pipe = Pipeline.from_pretrained(model, device=cfg.device)
-    st = pipe.settings()
+    clips_kw = _clips(pipe)
     res: dict = {"model": str(model), "data": str(data), "clips": len(tests),
-                 "clip_frames": st["clip_frames"]}  # fmt: skip
-    # seams are scored at the model's own clip boundaries
-    clips_kw = {"clip_frames": st["clip_frames"], "motion_latents": st["motion_latents"]}
+                 "clip_frames": clips_kw["clip_frames"]}  # fmt: skip
 
     # 1. main table
     t = generate_set(pipe, tests, out / "main", progress, seed=cfg.seed)
@@ -159,11 +163,7 @@ def run_results(
     for name, mdir in cfg.ablations.items():
         other = Pipeline.from_pretrained(mdir, device=cfg.device)
         t = generate_set(other, tests, out / f"abl_{name}", progress, seed=cfg.seed)
-        ost = other.settings()
-        rep = _score(
-            out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg,
-            clip_frames=ost["clip_frames"], motion_latents=ost["motion_latents"],
-        )  # fmt: skip
+        rep = _score(out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg, **_clips(other))
         res["ablations"].append({"name": name, "model": str(mdir), **_row(rep, t)})
 
     (out / "results.json").write_text(json.dumps(res, indent=1))

@@ -207,13 +207,37 @@ def save_release(
     extra: dict[str, str] | None = None,
 ) -> Path:
     """Slim release weights: safetensors with ``kind`` and the config JSON in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {"kind": kind, "config": config_json, **(extra or {})}
+    return write_safetensors(path, tensors, meta)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write a safetensors file atomically (a partial name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata={"kind": kind, "config": config_json, **(extra or {})})
+    save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file, as stored."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReadtalkError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except Exception as e:
+        raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
+
+
+def release_path(path: str | os.PathLike, filename: str) -> Path:
+    """A release file given directly, or as ``filename`` inside the run folder given."""
+    p = Path(path)
+    return p / filename if p.is_dir() else p
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:
@@ -224,15 +248,7 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 def load_release(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a release file written by ``save_release``; checks its kind."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReadtalkError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as e:
-        raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
+    tensors, meta = read_safetensors(path)
     tensors = {k: upcast(v) for k, v in tensors.items()}  # half-precision releases (export)
     if meta.get("kind") != kind:
         raise ReadtalkError(f"{path} holds {meta.get('kind', 'unknown')!r} weights, not {kind!r}")

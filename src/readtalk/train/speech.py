@@ -37,6 +37,7 @@ from readtalk.train.common import (
     atomic_save,
     fit,
     load_release,
+    release_path,
     save_release,
     start_run,
 )
@@ -226,10 +227,7 @@ def train_speech(
 
 def load_speechae(path: str | Path) -> SpeechAE:
     """A trained SpeechAE from its release file (or a run folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "speechae.safetensors"
-    tensors, meta = load_release(path, RELEASE_KIND)
+    tensors, meta = load_release(release_path(path, "speechae.safetensors"), RELEASE_KIND)
     cfg = SpeechAEConfig(**json.loads(meta["config"]))
     model = SpeechAE(cfg)
     model.load_state_dict(tensors)

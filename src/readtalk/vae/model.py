@@ -355,18 +355,6 @@ VAE_PRESETS: dict[str, VAEConfig] = {
         spatio_temporal_scaling=(True, True, True),
         residual=True,
     ),
-    # res-small with LTX's 128 latent channels (4x the latent numbers per 32x32x8 block, at
-    # about the same cost per step): the test of whether the latent's size, not the network's,
-    # is what loses a small mouth (docs/stage1.md).
-    "res-small-c128": VAEConfig(
-        name="res-small-c128",
-        latent_channels=128,
-        block_out_channels=(16, 32, 64, 128),
-        decoder_block_out_channels=(32, 64, 128),
-        layers_per_block=(1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, True),
-        residual=True,
-    ),
     # 28.7M parameters, 64 latent channels, residual resampling: twice the latent of res-small
     # for small details (a mouth a few pixels open); about 4x its cost per step.
     "res-base": VAEConfig(
@@ -398,6 +386,13 @@ VAE_PRESETS: dict[str, VAEConfig] = {
         decoder_causal=False,
     ),
 }
+
+# res-small with LTX's 128 latent channels (4x the latent numbers per 32x32x8 block, at about
+# the same cost per step): the test of whether the latent's size, not the network's, is what
+# loses a small mouth (docs/stage1.md).
+VAE_PRESETS["res-small-c128"] = dataclasses.replace(
+    VAE_PRESETS["res-small"], name="res-small-c128", latent_channels=128
+)
 
 
 def get_preset(name: str) -> VAEConfig:
