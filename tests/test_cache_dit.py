@@ -170,6 +170,54 @@ def test_cache_errors(cache, tmp_path):
         build_cache(_cfg(*base, frames=73), tmp_path / "c4", progress=False)
 
 
+def test_latents_from_reuses_the_latents_and_recodes_the_speech(cache, tmp_path):
+    """A cache for another SpeechAE made --latents-from an old one equals the one made from
+    scratch (latents, ground truth and new codes), without loading the VAE."""
+    torch.manual_seed(1)
+    cfg = dataclasses.replace(SPEECHAE_SIZES["debug"], feat_dim=160, front_end="logmel")
+    other = save_release(
+        tmp_path / "other.safetensors",
+        SpeechAE(cfg).state_dict(),
+        "readtalk.speechae",
+        cfg.to_json(),
+    )
+    full = tmp_path / "full"
+    build_cache(_cfg(cache["data"], cache["vae"], other), full, progress=False)
+    quick = tmp_path / "quick"
+    build_cache(
+        _cfg(cache["data"], "", other, latents_from=str(cache["out"])), quick, progress=False
+    )
+    a, b, old = CachedLatents(full), CachedLatents(quick), CachedLatents(cache["out"])
+    for key in ("latent", "ref", "audio", "mouth_open", "gap", "start"):
+        assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6, equal_nan=True), key
+    assert a.ids == b.ids and a.meta["latent_mean"] == b.meta["latent_mean"]
+    assert not torch.allclose(b.audio, old.audio)  # the codes are the new SpeechAE's
+    assert b.meta["vae"] == old.meta["vae"]
+    assert b.meta["settings"]["latents_from"] == str(cache["out"].resolve())
+    # the old cache must hold the same windows, from the same VAE when one is named
+    with pytest.raises(ReadtalkError, match=r"holds other windows \(frames"):
+        build_cache(
+            _cfg(cache["data"], "", other, frames=9, latents_from=str(cache["out"])),
+            tmp_path / "x1",
+            progress=False,
+        )
+    wrong_vae = VideoVAE("debug").save(tmp_path / "vae2.safetensors")
+    with pytest.raises(ReadtalkError, match="another VAE"):
+        build_cache(
+            _cfg(cache["data"], wrong_vae, other, latents_from=str(cache["out"])),
+            tmp_path / "x2",
+            progress=False,
+        )
+    with pytest.raises(ReadtalkError, match="not a finished cache"):
+        build_cache(
+            _cfg(cache["data"], "", other, latents_from=str(tmp_path)),
+            tmp_path / "x3",
+            progress=False,
+        )
+    with pytest.raises(ReadtalkError, match="give --vae"):
+        build_cache(_cfg(cache["data"], "", other), tmp_path / "x4", progress=False)
+
+
 # ------------------------------------------------------------------------------------- the DiT
 
 

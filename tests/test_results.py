@@ -32,6 +32,24 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
     assert (tmp_path / "r/steps_guidance.png").is_file()
     assert not (tmp_path / "r/split_1").exists()  # grid videos are removed once scored
 
+    # resumable: a second run keeps every row whose inputs are unchanged and computes only the
+    # new ablation; changing a model file invalidates that model's rows only
+    third = _write_models(tmp_path / "m3")
+    cfg2 = ResultsConfig(
+        clips=1, grid_clips=1, steps=(1, 2), ablations={"copy": str(other), "new": str(third)}
+    )
+    again = run_results(model, synth_dataset, tmp_path / "r", cfg2, long=synth_dataset,
+                        progress=False)  # fmt: skip
+    assert again["reused_rows"] == 1 + 4 + 3 + 1
+    assert again["main"] == res["main"] and [a["name"] for a in again["ablations"]] == [
+        "copy",
+        "new",
+    ]
+    (other / "pipeline.json").write_text('{"steps": 2}')
+    cfg3 = ResultsConfig(clips=1, grid_clips=1, steps=(1, 2), ablations={"copy": str(other)})
+    third_run = run_results(model, synth_dataset, tmp_path / "r", cfg3, progress=False)
+    assert third_run["reused_rows"] == 1 + 4  # the changed ablation is scored again
+
 
 def test_results_markdown_marks_missing_values():
     md = results_markdown(

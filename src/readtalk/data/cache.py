@@ -14,6 +14,11 @@ starting at frame 0 (a 121-frame clip gives one window of 121). Per window the c
 * ``mouth_open`` / ``gap`` (frames,) float32: SynthTalk ground truth (``mouth.open``,
   ``measures.gap``) per frame, NaN when the track has none.
 
+``--latents-from OLD`` builds a cache for another SpeechAE on the same windows without running the
+VAE again: latents, references and ground truth are taken from the finished cache ``OLD`` (made
+from the same dataset, frames, size and shard size), only the speech codes are computed. The
+SpeechAE ablations (``readtalk train speech --mode random|raw``) are cached this way.
+
 Shards ``shard_00000.pt`` ... hold ``shard_size`` windows each (dicts of stacked tensors plus
 ``ids``, ``start`` and ``split``), written atomically. ``settings.json`` is written first and
 makes the folder resumable: re-running with the same settings skips finished shards; other
@@ -44,13 +49,14 @@ SHARD = "shard_{:05d}.pt"
 @dataclass(frozen=True)
 class CacheConfig:
     data: str  # dataset folder (manifest.jsonl)
-    vae: str  # vae.safetensors (VideoVAE.save)
+    vae: str  # vae.safetensors (VideoVAE.save); "" with latents_from (the old cache's)
     speech: str  # speechae.safetensors (or its run folder)
     frames: int = 121  # window length, 8k+1
     size: int = 0  # frame size in pixels (0: the dataset's own)
     front_end: str = "whisper"  # whisper | logmel
     whisper: str = ""  # whisper-tiny weights ("" = the default copy)
     shard_size: int = 64  # windows per shard
+    latents_from: str = ""  # a finished cache of the same windows to take the latents from
 
     def validate(self) -> None:
         if self.frames < 9 or (self.frames - 1) % 8:
@@ -61,6 +67,8 @@ class CacheConfig:
             raise ReadtalkError(f"--shard-size must be positive, got {self.shard_size}")
         if self.front_end not in ("whisper", "logmel"):
             raise ReadtalkError(f"--front-end must be whisper or logmel, got {self.front_end!r}")
+        if not self.vae and not self.latents_from:
+            raise ReadtalkError("give --vae (or --latents-from a cache of the same windows)")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -151,6 +159,55 @@ def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae
     }
 
 
+def _latent_source(cfg: CacheConfig, manifest_sha: str) -> tuple[Path, dict]:
+    """The finished cache ``cfg.latents_from`` and its settings, checked to hold the windows
+    ``cfg`` asks for."""
+    root = Path(cfg.latents_from)
+    if not (root / "meta.json").is_file():
+        raise ReadtalkError(f"--latents-from {root}: not a finished cache (no meta.json)")
+    meta = json.loads((root / "meta.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ReadtalkError(f"--latents-from {root}: unknown cache format {meta.get('format')!r}")
+    old = meta["settings"]
+    want = {
+        "data": str(Path(cfg.data).resolve()),
+        "manifest_sha256": manifest_sha,
+        "frames": cfg.frames,
+        "size": cfg.size,
+        "shard_size": cfg.shard_size,
+    }
+    diff = [f"{k}: {old.get(k)!r} != {v!r}" for k, v in want.items() if old.get(k) != v]
+    if diff:
+        raise ReadtalkError(f"--latents-from {root} holds other windows ({', '.join(diff)})")
+    if cfg.vae and file_sha256(cfg.vae) != old["vae_sha256"]:
+        raise ReadtalkError(f"--latents-from {root} was encoded with another VAE than {cfg.vae}")
+    return root, old
+
+
+@torch.no_grad()
+def _recode_shard(path: Path, shard: list, frames: int, front_end, speechae, bar) -> dict:
+    """Shard ``path`` of an older cache with its speech codes replaced by ``speechae``'s."""
+    from readtalk.media import load_audio
+    from readtalk.speech.speechae import window_codes
+    from readtalk.train.speech import clip_audio_path
+
+    if not path.is_file():
+        raise ReadtalkError(f"--latents-from: {path} is missing")
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    if data["ids"] != [r["id"] for r, _ in shard] or data["start"].tolist() != [
+        s for _, s in shard
+    ]:
+        raise ReadtalkError(f"--latents-from: {path} holds other windows than this dataset's")
+    codes, audio, key = [], None, None
+    for rec, start in shard:
+        if rec["id"] != key:
+            audio, key = load_audio(clip_audio_path(rec)), rec["id"]
+        codes.append(window_codes(speechae, front_end, audio, start, frames)[0].float().cpu())
+        bar.update(1)
+    data["audio"] = torch.stack(codes)
+    return data
+
+
 def build_cache(
     cfg: CacheConfig, out: str | os.PathLike, progress: bool = True, device: str = "cpu"
 ) -> Path:
@@ -167,8 +224,10 @@ def build_cache(
     out = Path(out)
     vae_path, speech_path = Path(cfg.vae), release_path(cfg.speech, "speechae.safetensors")
     for what, p in (("VAE", vae_path), ("SpeechAE", speech_path)):
-        if not p.is_file():
+        if (cfg.vae or what != "VAE") and not p.is_file():
             raise ReadtalkError(f"{what} weights not found: {p}")
+    manifest_sha = file_sha256(Path(cfg.data) / "manifest.jsonl")
+    src, src_settings = _latent_source(cfg, manifest_sha) if cfg.latents_from else (None, {})
     speechae = load_speechae(speech_path).to(device)
     trained_on = speechae.cfg.front_end
     if (cfg.front_end == "logmel") != (trained_on == "logmel"):
@@ -181,12 +240,15 @@ def build_cache(
         "format": FORMAT,
         **asdict(cfg),
         "data": str(Path(cfg.data).resolve()),
-        "vae": str(vae_path.resolve()),
+        "vae": src_settings["vae"] if src else str(vae_path.resolve()),
         "speech": str(speech_path.resolve()),
-        "vae_sha256": file_sha256(vae_path),
+        "vae_sha256": src_settings["vae_sha256"] if src else file_sha256(vae_path),
         "speech_sha256": file_sha256(speech_path),
-        "manifest_sha256": file_sha256(Path(cfg.data) / "manifest.jsonl"),
+        "manifest_sha256": manifest_sha,
+        "latents_from": str(src.resolve()) if src else "",
     }
+    if not src:  # the settings of caches made before --latents-from existed
+        del settings["latents_from"]
     settings_path = out / "settings.json"
     if out.exists() and any(out.iterdir()):
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
@@ -211,7 +273,7 @@ def build_cache(
             f"SpeechAE {speech_path} was trained on {trained_on!r} features, but the front end "
             f"is {front_end.name!r}"
         )
-    vae = VideoVAE.load(vae_path).to(device).eval()
+    vae = None if src else VideoVAE.load(vae_path).to(device).eval()
     windows, short = _windows(records, cfg.frames)
     if not windows:
         raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")
@@ -225,16 +287,19 @@ def build_cache(
         if (out / name).is_file():
             bar.update(len(shard))
             continue
-        items = []
-        for rec, start in shard:
-            items.append(
-                _encode_window(reader.get(rec), start, cfg.frames, vae, front_end, speechae)
-            )
-            bar.update(1)
-        data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-        data["ids"] = [rec["id"] for rec, _ in shard]
-        data["start"] = torch.tensor([s for _, s in shard])
-        data["split"] = [rec["split"] for rec, _ in shard]
+        if src:
+            data = _recode_shard(src / name, shard, cfg.frames, front_end, speechae, bar)
+        else:
+            items = []
+            for rec, start in shard:
+                items.append(
+                    _encode_window(reader.get(rec), start, cfg.frames, vae, front_end, speechae)
+                )
+                bar.update(1)
+            data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
+            data["ids"] = [rec["id"] for rec, _ in shard]
+            data["start"] = torch.tensor([s for _, s in shard])
+            data["split"] = [rec["split"] for rec, _ in shard]
         from readtalk.train.common import atomic_save
 
         atomic_save(data, out / name)
@@ -374,6 +439,7 @@ def cmd_cache(a) -> None:
         front_end=a.front_end,
         whisper=a.whisper or "",
         shard_size=a.shard_size,
+        latents_from=a.latents_from or "",
     )
     meta_path = build_cache(cfg, a.out, progress=not a.quiet, device=a.device)
     meta = json.loads(meta_path.read_text())
@@ -389,7 +455,7 @@ def add_cli(sub) -> None:
     """Register ``readtalk cache`` on the top-level subparsers."""
     p = sub.add_parser("cache", help="encode a dataset once into latent / speech-code shards")
     p.add_argument("--data", required=True, help="dataset folder with manifest.jsonl")
-    p.add_argument("--vae", required=True, help="vae.safetensors")
+    p.add_argument("--vae", default="", help="vae.safetensors (optional with --latents-from)")
     p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
     p.add_argument("--out", required=True, help="cache folder (new, or one to resume)")
     p.add_argument("--frames", type=int, default=121, help="window length, 8k+1")
@@ -402,6 +468,11 @@ def add_cli(sub) -> None:
     )
     p.add_argument("--whisper", default=None, help="Whisper-tiny weights (see train speech)")
     p.add_argument("--shard-size", type=int, default=64, help="windows per shard")
+    p.add_argument(
+        "--latents-from",
+        default=None,
+        help="a finished cache of the same windows: reuse its latents, compute only speech codes",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)

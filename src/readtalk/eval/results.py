@@ -7,9 +7,9 @@ One command generates every video it scores (from each test clip's reference por
 speech), evaluates them with ``readtalk eval`` and writes ``results.json``, ``results.md`` (the
 tables) and plots into ``--out``:
 
-1. **main**: the model at its defaults (Split-CFG, 8 steps) on ``--clips`` test clips: every
-   metric that applies, and the runtime per 121-frame clip (generation wall time, whole
-   pipeline: speech features, DiT, VAE decode, mp4 writing).
+1. **main**: the model with Split-CFG at ``main_steps`` (READ's 8) sampling steps on ``--clips``
+   test clips: every metric that applies, and the runtime per 121-frame clip (generation wall
+   time, whole pipeline: speech features, DiT, VAE decode, mp4 writing).
 2. **steps x guidance**: 4, 6, 8, 10 steps with Split- and Joint-CFG on the first
    ``--grid-clips`` clips: lip sync and identity against runtime.
 3. **ANS**: with ``--long`` (a dataset of long clips, e.g. ``readtalk synth --frames 1501
@@ -18,6 +18,12 @@ tables) and plots into ``--out``:
    121-frame windows.
 4. **ablations**: every ``--ablation name=DIR`` model folder (e.g. a DiT trained without the
    pre-trained SpeechAE, or on raw features) scored like the main model.
+
+The command is resumable: ``results.json`` is rewritten after every scored set (one table row)
+together with a fingerprint of what the row depends on (SHA-256 of the model files and the
+datasets' manifests, and the settings). Run again into the same ``--out``, it keeps the rows whose
+fingerprint still matches and computes only the rest, so an interrupted run, or one more
+``--ablation`` on a finished run, costs only the missing rows.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,7 @@ ROW_KEYS = ("mouth_corr", "mouth_mae", "av_offset", "sync_c", "sync_d", "identit
 @dataclass(frozen=True)
 class ResultsConfig:
     clips: int = 32  # test clips in the main table (0: all)
+    main_steps: int = 8  # steps of the main, ANS and ablation rows (READ's 8; 0: the model's)
     grid_clips: int = 8  # test clips per steps x guidance cell
     steps: tuple[int, ...] = (4, 6, 8, 10)
     guidance: tuple[str, ...] = ("split", "joint")
@@ -92,6 +99,59 @@ def _row(report: dict, timing: dict) -> dict:
     return {**row, **timing}
 
 
+def _sha(path: Path) -> str | None:
+    from readtalk.data.cache import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
+
+
+def _model_fingerprint(model: str | Path) -> dict:
+    from readtalk.pipeline import model_files
+
+    files = {**model_files(model), "pipeline": Path(model) / "pipeline.json"}
+    return {k: _sha(p) for k, p in files.items()}
+
+
+class _Progress:
+    """The finished rows of ``out/results.json``, reused while their fingerprint matches."""
+
+    def __init__(self, out: Path, base: dict, progress: bool) -> None:
+        self.path, self.base = out / "results.json", base
+        old = {}
+        if self.path.is_file():
+            try:
+                old = json.loads(self.path.read_text()).get("done") or {}
+            except (json.JSONDecodeError, AttributeError):
+                old = {}
+        self.done: dict = {}
+        self.old = old
+        self.reused = 0
+        self.progress = progress
+
+    def _fp(self, extra: dict | None) -> str:
+        import hashlib
+
+        blob = json.dumps({**self.base, **(extra or {})}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def row(self, key: str, compute, extra: dict | None = None) -> dict:
+        fp = self._fp(extra)
+        hit = self.old.get(key)
+        if hit and hit.get("fingerprint") == fp:
+            self.reused += 1
+            row = hit["row"]
+        else:
+            row = compute()
+        self.done[key] = {"fingerprint": fp, "row": row}
+        return row
+
+    def save(self, res: dict) -> None:
+        # rows of the old file not (yet) redone stay, so a second interruption loses nothing
+        tmp = self.path.with_name(f".{self.path.name}.partial")
+        tmp.write_text(json.dumps({**res, "done": {**self.old, **self.done}}, indent=1))
+        tmp.replace(self.path)
+
+
 def run_results(
     model: str | Path,
     data: str | Path,
@@ -111,12 +171,30 @@ def run_results(
         tests = tests[: cfg.clips]
     pipe = Pipeline.from_pretrained(model, device=cfg.device)
     clips_kw = _clips(pipe)
-    res: dict = {"model": str(model), "data": str(data), "clips": len(tests),
-                 "clip_frames": clips_kw["clip_frames"]}  # fmt: skip
+    res: dict = {
+        "model": str(model),
+        "data": str(data),
+        "clips": len(tests),
+        "clip_frames": clips_kw["clip_frames"],
+        "main_steps": cfg.main_steps or None,
+    }
+    settings = {k: v for k, v in asdict(cfg).items() if k != "ablations"}
+    base = {
+        "model": _model_fingerprint(model),
+        "data": _sha(Path(data) / "manifest.jsonl"),
+        "settings": settings,
+        "tests": [r["id"] for r in tests],
+    }
+    book = _Progress(out, base, progress)
+    main_kw = {"steps": cfg.main_steps} if cfg.main_steps else {}
+
+    def scored(pipe_, name: str, records, ref, clips, **kw) -> dict:
+        t = generate_set(pipe_, records, out / name, progress, seed=cfg.seed, **kw)
+        return _row(_score(out / name, ref, out / f"eval_{name}", cfg, **clips), t)
 
     # 1. main table
-    t = generate_set(pipe, tests, out / "main", progress, seed=cfg.seed)
-    res["main"] = _row(_score(out / "main", data, out / "eval_main", cfg, **clips_kw), t)
+    res["main"] = book.row("main", lambda: scored(pipe, "main", tests, data, clips_kw, **main_kw))
+    book.save(res)
 
     # 2. steps x guidance
     grid = tests[: cfg.grid_clips]
@@ -124,10 +202,14 @@ def run_results(
     for g in cfg.guidance:
         for s in cfg.steps:
             name = f"{g}_{s}"
-            t = generate_set(pipe, grid, out / name, progress, steps=s, guidance=g, seed=cfg.seed)
-            rep = _score(out / name, data, out / f"eval_{name}", cfg, **clips_kw)
-            res["grid"].append({"guidance": g, "steps": s, **_row(rep, t)})
-            shutil.rmtree(out / name)  # keep the folder small: the metrics stay
+
+            def cell(name=name, g=g, s=s) -> dict:
+                row = scored(pipe, name, grid, data, clips_kw, steps=s, guidance=g)
+                shutil.rmtree(out / name)  # keep the folder small: the metrics stay
+                return row
+
+            res["grid"].append({"guidance": g, "steps": s, **book.row(f"grid_{name}", cell)})
+            book.save(res)
 
     # 3. ANS vs plain chunking on long videos
     if long:
@@ -139,34 +221,43 @@ def run_results(
             "plain": {"ans": False},
         }
         for name, mode in modes.items():
-            t = generate_set(pipe, longs, out / name, progress, seed=cfg.seed, **mode)
-            rep = _score(out / name, long, out / f"eval_{name}", cfg, **clips_kw)  # same timeline
-            per_win = [
-                w["mouth_corr"]
-                for ws in rep["windows"].values()
-                for w in ws
-                if w.get("mouth_corr") is not None
-            ]
-            res["ans"].append(
-                {
-                    "mode": name,
+
+            def ans_row(name=name, mode=mode) -> dict:
+                kw = {**main_kw, **mode}
+                t = generate_set(pipe, longs, out / name, progress, seed=cfg.seed, **kw)
+                rep = _score(out / name, long, out / f"eval_{name}", cfg, **clips_kw)
+                per_win = [
+                    w["mouth_corr"]
+                    for ws in rep["windows"].values()
+                    for w in ws
+                    if w.get("mouth_corr") is not None
+                ]
+                return {
                     **_row(rep, t),
                     "window_mouth_corr_std": float(np.std(per_win)) if per_win else None,
                     "window_change_std": float(
                         np.std([w["change"] for ws in rep["windows"].values() for w in ws])
                     ),
                 }
-            )
+
+            row = book.row(f"ans_{name}", ans_row, {"long": _sha(Path(long) / "manifest.jsonl")})
+            res["ans"].append({"mode": name, **row})
+            book.save(res)
 
     # 4. ablations
     res["ablations"] = []
     for name, mdir in cfg.ablations.items():
-        other = Pipeline.from_pretrained(mdir, device=cfg.device)
-        t = generate_set(other, tests, out / f"abl_{name}", progress, seed=cfg.seed)
-        rep = _score(out / f"abl_{name}", data, out / f"eval_abl_{name}", cfg, **_clips(other))
-        res["ablations"].append({"name": name, "model": str(mdir), **_row(rep, t)})
 
-    (out / "results.json").write_text(json.dumps(res, indent=1))
+        def abl_row(name=name, mdir=mdir) -> dict:
+            other = Pipeline.from_pretrained(mdir, device=cfg.device)
+            return scored(other, f"abl_{name}", tests, data, _clips(other), **main_kw)
+
+        row = book.row(f"abl_{name}", abl_row, {"ablation": _model_fingerprint(mdir)})
+        res["ablations"].append({"name": name, "model": str(mdir), **row})
+        book.save(res)
+    res["reused_rows"] = book.reused
+
+    book.save(res)
     (out / "results.md").write_text(results_markdown(res))
     _plot_grid(res["grid"], out / "steps_guidance.png")
     return res
@@ -187,7 +278,8 @@ def _table(rows: list[dict], first: list[str]) -> str:
 
 def results_markdown(res: dict) -> str:
     parts = [
-        f"Model `{res['model']}`, data `{res['data']}` (test split, {res['clips']} clips). "
+        f"Model `{res['model']}`, data `{res['data']}` (test split, {res['clips']} clips; main "
+        f"table, ANS and ablations at {res.get('main_steps') or 'the model default'} steps). "
         "seconds_per_clip: generation wall time per 121-frame clip; rtf: time / audio duration.",
         "## Main table\n\n" + _table([{"model": "default", **res["main"]}], ["model"]),
         "## Steps and guidance\n\n" + _table(res["grid"], ["guidance", "steps"]),
@@ -236,6 +328,7 @@ def cmd_results(a) -> None:
         raise ReadtalkError(f"--steps takes numbers separated by commas, got {a.steps!r}") from None
     cfg = ResultsConfig(
         clips=a.clips,
+        main_steps=a.main_steps,
         grid_clips=a.grid_clips,
         steps=steps,
         syncnet=a.syncnet or "",
@@ -260,6 +353,12 @@ def add_cli(bench_sub) -> None:
     p.add_argument("--clips", type=int, default=32, help="test clips in the main table (0: all)")
     p.add_argument("--grid-clips", type=int, default=8, help="clips per steps/guidance cell")
     p.add_argument("--steps", default="4,6,8,10", help="sampling steps to compare")
+    p.add_argument(
+        "--main-steps",
+        type=int,
+        default=8,
+        help="sampling steps of the main, ANS and ablation rows (READ's 8; 0: the model's own)",
+    )
     p.add_argument("--syncnet", help="SyncNet weights")
     p.add_argument("--inception", help="FID Inception weights")
     p.add_argument("--i3d", help="FVD I3D weights")

@@ -17,6 +17,12 @@ Training (``train/speech.py``) is self-supervised: MSE reconstruction of the sta
 features plus a frame-level InfoNCE loss (the project's choice where the paper is silent): a
 reconstructed frame must be closer (cosine) to its own original than to the other frames of the
 clip, which keeps codes temporally discriminative rather than smooth averages.
+
+For READ's ablation "SpeechAE absent" a SpeechAE of ``kind="raw"`` has no network: code j is
+the standardised features of the eight video frames of latent frame j (frames 8j-7 .. 8j, frame
+0 padded with copies of itself as above), concatenated, so the DiT's cross-attention receives the
+raw per-frame features (``code_dim = 8 * feat_dim``). It is written by ``readtalk train speech
+--mode raw`` and used by the cache and the pipeline like any SpeechAE.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class SpeechAEConfig:
     code_dim: int = 64
     blocks: int = 1  # residual blocks per resolution
     front_end: str = "whisper-tiny"  # which features it was trained on (checked at load)
+    kind: str = "ae"  # ae: the autoencoder | raw: no network, stacked raw features (ablation)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -69,6 +76,15 @@ class SpeechAE(nn.Module):
         # Standardisation of the input features, set from training data (see set_stats).
         self.register_buffer("feat_mean", torch.zeros(cfg.feat_dim))
         self.register_buffer("feat_std", torch.ones(cfg.feat_dim))
+        if cfg.kind not in ("ae", "raw"):
+            raise ReadtalkError(f"unknown SpeechAE kind {cfg.kind!r} (known: ae, raw)")
+        if cfg.kind == "raw":
+            if cfg.code_dim != TIME_FACTOR * cfg.feat_dim:
+                raise ReadtalkError(
+                    f"a raw SpeechAE has code_dim = {TIME_FACTOR} x feat_dim = "
+                    f"{TIME_FACTOR * cfg.feat_dim}, got {cfg.code_dim}"
+                )
+            return
         self.proj_in = nn.Linear(cfg.feat_dim, h)
         enc: list[nn.Module] = []
         for _ in range(3):
@@ -102,12 +118,18 @@ class SpeechAE(nn.Module):
         if self.cfg.feat_dim != D:
             raise ReadtalkError(f"SpeechAE expects {self.cfg.feat_dim}-d features, got {D}")
         num_codes(Fr)
+        if self.cfg.kind == "raw":
+            x = self.standardize(feats).transpose(1, 2)  # (B, D, F)
+            x = F.pad(x, (TIME_FACTOR - 1, 0), mode="replicate").transpose(1, 2)  # (B, F+7, D)
+            return x.reshape(x.shape[0], -1, TIME_FACTOR * D)  # (B, f, 8 D)
         x = self.proj_in(self.standardize(feats)).transpose(1, 2)  # (B, h, F)
         x = F.pad(x, (TIME_FACTOR - 1, 0), mode="replicate")  # (B, h, F+7): frame 0 alone
         return self.encoder(x).transpose(1, 2)  # (B, f, code_dim)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, f, code_dim) -> (B, 8(f-1)+1, feat_dim) standardised features."""
+        if self.cfg.kind == "raw":
+            raise ReadtalkError("a raw SpeechAE (ablation) has no decoder")
         x = self.code_in(codes.transpose(1, 2))  # (B, h, f)
         for blocks, up in zip(self.dec_blocks[:-1], self.ups, strict=True):
             x = blocks(x)
@@ -176,5 +198,5 @@ def window_codes(
     piece = audio[start * spf : (start + frames) * spf]
     window[: len(piece)] = piece
     feats = front_end.video_features(window, frames).reshape(1, frames, -1)  # (1, F, 2 dim)
-    device = next(model.parameters()).device
+    device = model.feat_mean.device  # a raw SpeechAE has no parameters, only its statistics
     return model.encode(feats.to(device, torch.float32)).float()

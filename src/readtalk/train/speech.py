@@ -8,6 +8,15 @@ the training split; the loss is MSE on standardised features plus ``nce_weight``
 InfoNCE. Evaluation on the test split (held-out identities) reports the reconstruction MSE and
 frame-retrieval accuracy (a reconstructed frame must find its own original among all frames of
 its clip; chance is 1/F). The result is ``speechae.safetensors`` in the run folder.
+
+``mode`` makes the two SpeechAEs of READ's ablation instead, without training (the release is
+written right after the feature statistics, and the run has no steps):
+
+* ``random`` ("not pre-trained"): the SpeechAE exactly as pre-training would start it, with
+  the data's feature standardisation and the seeded random initialisation (``train.seed``),
+  frozen like the pre-trained one when the DiT trains on its codes;
+* ``raw`` ("absent"): no network; the codes are the standardised features themselves, the
+  eight video frames of each latent frame stacked (``SpeechAEConfig.kind = "raw"``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
 from readtalk.speech.speechae import (
     SPEECHAE_SIZES,
+    TIME_FACTOR,
     SpeechAE,
     SpeechAEConfig,
     retrieval_accuracy,
@@ -43,6 +53,7 @@ from readtalk.train.common import (
 )
 
 RELEASE_KIND = "readtalk.speechae"
+MODES = ("pretrain", "random", "raw")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class SpeechRunConfig:
     clip_frames: int = 49  # training window, 8k+1
     nce_weight: float = 0.1
     temperature: float = 0.1
+    mode: str = "pretrain"  # pretrain | random (ablation: not pre-trained) | raw (ablation: absent)
     train: OptimConfig = field(default_factory=OptimConfig)
 
     def model_config(self, feat_dim: int, front_end: str) -> SpeechAEConfig:
@@ -64,6 +76,10 @@ class SpeechRunConfig:
                 f"unknown SpeechAE size {self.size!r} (known: {', '.join(SPEECHAE_SIZES)})"
             )
         base = SPEECHAE_SIZES[self.size]
+        if self.mode == "raw":
+            return SpeechAEConfig(
+                feat_dim=feat_dim, code_dim=TIME_FACTOR * feat_dim, front_end=front_end, kind="raw"
+            )
         return dataclasses.replace(
             base,
             feat_dim=feat_dim,
@@ -79,6 +95,8 @@ class SpeechRunConfig:
             raise ReadtalkError(f"clip_frames must be 8k+1 and >= 9, got {self.clip_frames}")
         if self.front_end not in ("whisper", "logmel"):
             raise ReadtalkError(f"front_end must be whisper or logmel, got {self.front_end!r}")
+        if self.mode not in MODES:
+            raise ReadtalkError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.train.validate()
 
 
@@ -186,6 +204,13 @@ def train_speech(
     mcfg = cfg.model_config(cache["dim"], cache["front_end"])
     model = SpeechAE(mcfg)
     model.set_stats(torch.cat(train_feats))
+    release = run.root / "speechae.safetensors"
+    if cfg.mode != "pretrain":  # an ablation's SpeechAE: no training
+        if dist.is_main():
+            save_release(release, model.state_dict(), RELEASE_KIND, mcfg.to_json())
+            run.log(f"SpeechAE {mcfg} ({cfg.mode}, not trained): wrote {release}")
+        dist.barrier()
+        return release
     model.to(run.device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     run.log(
@@ -217,7 +242,6 @@ def train_speech(
     )
     if not done:
         return None
-    release = run.root / "speechae.safetensors"
     if dist.is_main():
         save_release(release, model.state_dict(), RELEASE_KIND, mcfg.to_json())
         run.log(f"wrote {release}")
