@@ -309,8 +309,10 @@ def test_dit_exact_resume_and_release(cache, tmp_path):
     ema.eval()
     test = CachedLatents(cache["out"], "test")
     assert eval_loss(model, test, 4) == eval_loss(ema, test, 4)
+    assert eval_loss(model, test, 4, audio=False) != eval_loss(model, test, 4)
     metrics = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert "test_ema_loss" in metrics[-1] and "test_loss" in metrics[-1]
+    assert math.isfinite(metrics[-1]["test_ema_audio_gain"])
 
 
 def test_dit_overfits_one_batch(cache):

@@ -168,9 +168,11 @@ def dit_losses(
 
 
 @torch.no_grad()
-def eval_loss(model, data, batch_size: int, limit: int = 0) -> float:
+def eval_loss(model, data, batch_size: int, limit: int = 0, audio: bool = True) -> float:
     """Mean flow-matching loss over ``data`` at t in EVAL_T (all frames alike, clean
-    reference) with noise from a fixed seed, every condition kept: deterministic."""
+    reference) with noise from a fixed seed, every condition kept: deterministic. With
+    ``audio=False`` the speech is dropped (the null speech tokens of classifier-free guidance):
+    the loss without the speech minus the loss with it is how much the model uses the speech."""
     from readtalk.diffusion import add_noise, flow_matching_loss
 
     n = len(data) if not limit else min(limit, len(data))
@@ -179,13 +181,14 @@ def eval_loss(model, data, batch_size: int, limit: int = 0) -> float:
     total, count = 0.0, 0
     for a in range(0, n, batch_size):
         batch = data.get(list(range(a, min(a + batch_size, n))))
-        z0, ref, audio = (batch[k].to(device) for k in ("latent", "ref", "audio"))
+        z0, ref, speech = (batch[k].to(device) for k in ("latent", "ref", "audio"))
         b, _, f = z0.shape[:3]
         for tv in EVAL_T:
             noise = torch.randn(z0.shape, generator=gen).to(device)
             t = torch.full((b, 1 + f), tv, device=device)
             t[:, 0] = 0.0
-            v = model(add_noise(z0, noise, t[:, 1:]), t, ref, audio)
+            keep = None if audio else torch.zeros(b, dtype=torch.bool, device=device)
+            v = model(add_noise(z0, noise, t[:, 1:]), t, ref, speech, audio_mask=keep)
             total += float(flow_matching_loss(v, z0, noise)) * b
             count += b
     return total / max(1, count)
@@ -245,6 +248,9 @@ def train_dit(
             "loss": eval_loss(model, test, tc.batch_size, cfg.eval_windows),
             "ema_loss": eval_loss(ema, test, tc.batch_size, cfg.eval_windows),
         }
+        # how much the EMA model uses the speech: its loss with the speech dropped, minus ema_loss
+        no_audio = eval_loss(ema, test, tc.batch_size, cfg.eval_windows, audio=False)
+        res["ema_audio_gain"] = no_audio - res["ema_loss"]
         if sampler is not None:
             res.update(sampler(ema, _optimizer_step(opt)))
         return res
