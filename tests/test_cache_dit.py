@@ -417,3 +417,21 @@ def test_ema_warmup_forgets_the_initialisation():
     # the share of the random initialisation left in the average after a 2,500-step run
     left = math.prod(ema_decay_at(0.999, n) for n in range(1, 2501))
     assert left < 1e-6 < 0.08 < 0.999**2500
+
+
+def test_eval_dit_cli(cache, tmp_path, capsys):
+    from readtalk.cli import main
+
+    run = tmp_path / "run"
+    train_dit(_run_cfg(cache["out"], 2), run, progress=False)
+    out = tmp_path / "gain.json"
+    args = ["eval-dit", "--weights", str(run), "--cache", str(cache["out"]), "--json", str(out)]
+    assert main(args) == 0
+    assert "without the speech" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["audio_gain"] == pytest.approx(res["loss_no_speech"] - res["loss"])
+    assert res["windows"] == len(CachedLatents(cache["out"], "test"))
+    assert (
+        main(["eval-dit", "--weights", str(tmp_path / "none"), "--cache", str(cache["out"])]) == 2
+    )
+    assert "error:" in capsys.readouterr().err

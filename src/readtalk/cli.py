@@ -224,6 +224,36 @@ def cmd_eval_speech(a: argparse.Namespace) -> None:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
 
+def cmd_eval_dit(a: argparse.Namespace) -> None:
+    import torch
+
+    from readtalk.data.cache import CachedLatents
+    from readtalk.train.dit import eval_loss, load_dit
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, info = load_dit(a.weights)
+    data = CachedLatents(a.cache, a.split)
+    if len(data) == 0:
+        raise ReadtalkError(f"cache {a.cache} has no windows in the {a.split} split")
+    if info["speechae"].get("sha256") != data.meta["speechae"]["sha256"]:
+        print(
+            f"warning: {a.cache} holds codes of another SpeechAE than the DiT was trained on",
+            file=sys.stderr,
+        )
+    model.eval()
+    with torch.no_grad():
+        loss = eval_loss(model, data, a.batch_size)
+        bare = eval_loss(model, data, a.batch_size, audio=False)
+    res = {"loss": loss, "loss_no_speech": bare, "audio_gain": bare - loss, "windows": len(data)}
+    print(
+        f"DiT on {len(data)} {a.split} windows: flow loss {loss:.4f}, without the speech "
+        f"{bare:.4f} (the speech lowers it by {bare - loss:.4f})"
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
 def cmd_train_vae(a: argparse.Namespace) -> None:
     from readtalk.train.vae import VAERunConfig, train_vae
 
@@ -382,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(not pre-trained: the random initialisation) or raw (absent: stacked raw features)",
     )
     p.set_defaults(func=cmd_train_speech)
+
+    p = sub.add_parser("eval-dit", help="DiT held-out flow loss, with and without the speech")
+    p.add_argument("--weights", required=True, help="dit.safetensors or its run folder")
+    p.add_argument("--cache", required=True, help="latent cache with the DiT's speech codes")
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_eval_dit)
 
     p = sub.add_parser("eval-speech", help="SpeechAE reconstruction and frame retrieval")
     p.add_argument("--weights", required=True, help="speechae.safetensors or its run folder")
