@@ -206,6 +206,42 @@ def test_motion_latents_are_the_previous_clips_frames_encoded_again(pipe, inputs
         pipe(img, long, motion_from="pixels", progress=False)
 
 
+def test_later_clips_decode_after_the_previous_clips_latents(pipe, inputs, monkeypatch):
+    """decode_context: a later clip's new latents continue the earlier clips' latent sequence
+    in the VAE decoder, so the video is what the one continuous sequence decodes to."""
+    import readtalk.diffusion.ans as ans
+
+    _, _, long = inputs
+    img = _face()
+    clips = []  # the denormalised latents of each clip
+    real = ans.ans_sample
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        clips.append(pipe._denormalize(out.float()))
+        return out
+
+    monkeypatch.setattr(ans, "ans_sample", spy)
+    reach = pipe.vae.config.decoder_context
+    a = pipe(img, long, seed=0, decode_context=reach, progress=False)
+    assert a.settings["decode_context"] == reach and len(clips) == 3
+    seq = torch.cat([clips[0]] + [c[:, :, 1:] for c in clips[1:]], dim=2)  # motion latents out
+    assert seq.shape[2] <= reach  # the whole sequence is context: exact
+    with torch.no_grad():
+        whole = pipe.vae.decode(seq)  # (1, 3, 1 + 8 * 6, H, W)
+    frames = ((whole[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).numpy()
+    assert np.abs(frames[: len(a.frames)] - a.frames).max() <= 1
+    # 0: every clip decoded on its own; the first clip is the same, the later ones are not
+    clips.clear()
+    b = pipe(img, long, seed=0, decode_context=0, progress=False)
+    assert np.array_equal(a.frames[:CLIP], b.frames[:CLIP])
+    assert np.abs(a.frames[CLIP:].astype(int) - b.frames[CLIP:]).max() > 2
+    # the default (4 latents) lies in between and is what pipeline.json can change
+    assert pipe.settings()["decode_context"] == 4
+    with pytest.raises(ReadtalkError, match="decode context"):
+        pipe(img, long, decode_context=-1, progress=False)
+
+
 def test_split_cfg_unit_scales_equal_no_guidance(pipe, inputs):
     _, short, _ = inputs
     img = _face()

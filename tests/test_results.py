@@ -20,7 +20,9 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
     assert [(r["guidance"], r["steps"]) for r in res["grid"]] == [
         ("split", 1), ("split", 2), ("joint", 1), ("joint", 2)
     ]  # fmt: skip
-    assert [r["mode"] for r in res["ans"]] == ["ans", "ans_latents", "plain"]
+    assert [r["mode"] for r in res["ans"]] == [
+        "ans", "ans_no_context", "ans_latents", "plain", "plain_no_context"
+    ]  # fmt: skip
     # seams are found at the model's own clip boundaries (17-frame clips here, not 121)
     assert res["clip_frames"] == 17
     assert all(math.isfinite(r["seam_ratio"]) for r in res["ans"])
@@ -40,7 +42,7 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
     )
     again = run_results(model, synth_dataset, tmp_path / "r", cfg2, long=synth_dataset,
                         progress=False)  # fmt: skip
-    assert again["reused_rows"] == 1 + 4 + 3 + 1
+    assert again["reused_rows"] == 1 + 4 + 5 + 1
     assert again["main"] == res["main"] and [a["name"] for a in again["ablations"]] == [
         "copy",
         "new",
@@ -49,6 +51,13 @@ def test_results_tables_with_a_debug_model(synth_dataset, tmp_path):
     cfg3 = ResultsConfig(clips=1, grid_clips=1, steps=(1, 2), ablations={"copy": str(other)})
     third_run = run_results(model, synth_dataset, tmp_path / "r", cfg3, progress=False)
     assert third_run["reused_rows"] == 1 + 4  # the changed ablation is scored again
+
+    # --tables: only the ANS table, which needs no test split
+    only = ResultsConfig(clips=1, grid_clips=1, steps=(1, 2), tables=("ans",))
+    ans_only = run_results(model, None, tmp_path / "r", only, long=synth_dataset, progress=False)
+    assert "main" not in ans_only and ans_only["grid"] == [] and len(ans_only["ans"]) == 5
+    md = (tmp_path / "r/results.md").read_text()
+    assert "## ANS vs plain chunking" in md and "## Main table" not in md
 
 
 def test_results_markdown_marks_missing_values():
@@ -65,3 +74,10 @@ def test_results_cli_errors(synth_dataset, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "o"), "--steps", "a,b"]) == 2
     with pytest.raises(ReadtalkError, match="lacks"):
         run_results(tmp_path, synth_dataset, tmp_path / "o")
+    assert main([*base, "--out", str(tmp_path / "o"), "--tables", "main,seams"]) == 2
+    assert "tables must be some of" in capsys.readouterr().err
+    no_data = ["bench", "results", "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(no_data) == 2
+    assert "need --data" in capsys.readouterr().err
+    assert main([*no_data, "--tables", "ans"]) == 2
+    assert "needs --long" in capsys.readouterr().err

@@ -230,6 +230,34 @@ def test_pieced_decode_equals_full_decode(debug_vae):
     )
 
 
+def test_decode_after_a_prefix_continues_the_sequence(debug_vae):
+    """A clip's latents decoded after the latents before them (a long video made clip by clip)
+    give exactly the frames the whole sequence decodes to: 8 per latent, no first frame."""
+    config = debug_vae.config
+    latent = torch.randn(1, 8, 30, 1, 1, generator=torch.Generator().manual_seed(3))
+    a = 20
+    with torch.no_grad():
+        full = debug_vae.decode(latent)  # (1, 3, 233, 32, 32)
+        runs = list(debug_vae.iter_decode(latent[:, :, a:], prefix=latent[:, :, :a], piece=4))
+        cont = torch.cat(runs, dim=2)
+        # the context it needs is the decoder's reach; a much shorter one is visibly wrong
+        short = torch.cat(
+            list(debug_vae.iter_decode(latent[:, :, a:], prefix=latent[:, :, a - 2 : a])), 2
+        )
+        alone = debug_vae.decode(latent[:, :, a:])
+    assert a > config.decoder_context and cont.shape[2] == 8 * (30 - a)
+    torch.testing.assert_close(cont, full[:, :, config.frames_for(a) :], rtol=0, atol=1e-5)
+    assert (short - cont).abs().max() > 1e-3
+    assert alone.shape[2] == 1 + 8 * (30 - a - 1)  # without a prefix: the first-frame rule
+    with pytest.raises(ReadtalkError, match="does not match"):
+        debug_vae.iter_decode(latent[:, :, a:], prefix=torch.zeros(1, 8, 2, 2, 1))
+    with pytest.raises(ReadtalkError, match="latent must be"):
+        debug_vae.iter_decode(latent[:, :, a:], prefix=torch.zeros(1, 4, 2, 1, 1))
+    nc = VideoVAE(dataclasses.replace(config, name="nc", decoder_causal=False))
+    with pytest.raises(ReadtalkError, match="causal decoder"):
+        nc.iter_decode(latent[:, :, a:], prefix=latent[:, :, :a])
+
+
 def test_pieced_decode_of_a_non_causal_decoder_uses_both_sides():
     config = dataclasses.replace(VAE_PRESETS["debug"], name="nc", decoder_causal=False)
     assert config.decoder_context < VAE_PRESETS["debug"].decoder_context

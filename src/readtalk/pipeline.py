@@ -88,8 +88,14 @@ _DTYPES = ("float32", "bfloat16", "float16")
 # frame size and what Pipeline.settings resolves
 DEFAULT_KEYS = (
     "size", "steps", "shift", "guidance", "alpha", "beta", "gamma", "clip_frames",
-    "motion_latents", "motion_from",
+    "motion_latents", "motion_from", "decode_context",
 )  # fmt: skip
+
+
+# Latents of the previous clip that a clip's decoding continues from (``decode_context``): 4
+# latents (32 frames) put the demo VAE's decoded frames within 0.05 uint8 levels on average
+# (max 9) of decoding the whole video at once; the exact reach is its ``decoder_context`` (17).
+DECODE_CONTEXT = 4
 
 
 def frames_for_samples(samples: int) -> int:
@@ -478,9 +484,16 @@ class Pipeline:
             "seed": int(kw.get("seed") or 0),
             "ans": bool(kw.get("ans", True)),
             "motion_from": kw.get("motion_from") or d.get("motion_from", "frames"),
+            "decode_context": int(
+                kw["decode_context"]
+                if kw.get("decode_context") is not None
+                else d.get("decode_context", DECODE_CONTEXT)
+            ),
         }
         if out["steps"] < 1:
             raise ReadtalkError(f"steps must be >= 1, got {out['steps']}")
+        if out["decode_context"] < 0:
+            raise ReadtalkError(f"decode context must be >= 0, got {out['decode_context']}")
         if out["motion_from"] not in ("frames", "latents"):
             raise ReadtalkError(
                 f"motion_from must be 'frames' or 'latents', got {out['motion_from']!r}"
@@ -591,12 +604,28 @@ class Pipeline:
             dtype=torch.float32,
             callback=lambda i, _z: bar.update(1),
         )
+        # Decoder context: a later clip's new latents are decoded after the last
+        # ``decode_context`` latents before them (the previous clip's, kept in ``history``), so
+        # the causal decoder continues one latent sequence instead of starting afresh at every
+        # clip, which leaves a jump. 0 (or a decoder that is not causal): every clip on its own.
+        keep = min(st["decode_context"], self.vae.config.decoder_context)
+        carry = keep > 0 and self.vae.config.decoder_causal
+        history: Tensor | None = None  # the last ``keep`` latents decoded so far
         try:
             for window, z in zip(plan, clips, strict=True):
-                latent = self._denormalize(z.float())
-                done = 0  # clip-local index of the next decoded frame
+                latent = self._denormalize(z.float()).to(dt)
+                m = window.motion_latents
+                prefix = history if carry and history is not None and m > 0 else None
+                if prefix is not None:  # decode only the new latents, after the earlier ones
+                    latent = latent[:, :, m:]
+                    done = overlap_frames(m, tf)  # they start after the overlap frames
+                else:
+                    done = 0  # clip-local index of the next decoded frame
+                if carry:
+                    seq = latent if prefix is None else torch.cat([prefix, latent], dim=2)
+                    history = seq[:, :, -keep:]
                 tail.clear()
-                for run in self.vae.iter_decode(latent.to(dt)):
+                for run in self.vae.iter_decode(latent, prefix=prefix):
                     a, b = done, done + run.shape[2]
                     done = b
                     tail.append(run[:, :, -ov:] if ov else run[:, :, :0])
@@ -622,6 +651,7 @@ class Pipeline:
         shift: float | None = None,
         ans: bool = True,
         motion_from: str | None = None,
+        decode_context: int | None = None,
         progress: bool = True,
     ) -> GenerationResult:
         """Generate in memory; ``result.frames`` is uint8 (F, H, W, 3), F = ceil(N / 640).
@@ -631,12 +661,15 @@ class Pipeline:
         "joint" or "none" (conditional only). ``ans=False``: plain chunking (no motion frames;
         same timeline and compute), the ablation. ``motion_from``: "frames" (default: a later
         clip's motion latents are the previous clip's last decoded frames encoded again) or
-        "latents" (its last latents reused as they are; the ablation).
+        "latents" (its last latents reused as they are; the ablation). ``decode_context``
+        (default 4): a later clip's new latents are decoded after that many latents of the
+        previous clip, so the causal VAE decoder continues one latent sequence; 0 decodes every
+        clip on its own (the ablation: a jump at every clip start).
         """
         kw = dict(
             steps=steps, guidance=guidance, alpha=alpha, beta=beta, gamma=gamma, seed=seed,
             clip_frames=clip_frames, motion_latents=motion_latents, shift=shift, ans=ans,
-            motion_from=motion_from,
+            motion_from=motion_from, decode_context=decode_context,
         )  # fmt: skip
         t0 = time.perf_counter()
         x = self.prepare_audio(audio)
@@ -735,6 +768,14 @@ def configure_generate_parser(p: argparse.ArgumentParser) -> None:
         help="a later clip's motion: the previous clip's last frames re-encoded (default) or "
         "its last latents as they are (ablation)",
     )
+    p.add_argument(
+        "--decode-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"latents of the previous clip the VAE decoder continues from (default "
+        f"{DECODE_CONTEXT}; 0: every clip decoded on its own, the ablation)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -792,6 +833,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
         clip_frames=a.clip_frames,
         ans=not a.no_ans,
         motion_from=a.motion_from,
+        decode_context=a.decode_context,
         progress=not a.quiet,
     )
     print(

@@ -13,9 +13,11 @@ tables) and plots into ``--out``:
 2. **steps x guidance**: 4, 6, 8, 10 steps with Split- and Joint-CFG on the first
    ``--grid-clips`` clips: lip sync and identity against runtime.
 3. **ANS**: with ``--long`` (a dataset of long clips, e.g. ``readtalk synth --frames 1501
-   --any-length``): ANS (motion re-encoded from the previous clip's frames), ANS reusing the
-   previous clip's latents, and plain chunking; seam ratio and the spread of lip sync over
-   121-frame windows.
+   --any-length``), every way of chaining clips, each row changing one thing from the default:
+   ANS (motion re-encoded from the previous clip's frames, later clips decoded after the
+   previous clip's latents), the same with every clip decoded on its own, ANS reusing the
+   previous clip's latents as motion, and plain chunking with and without decoder context;
+   seam ratio and the spread of lip sync over 121-frame windows.
 4. **ablations**: every ``--ablation name=DIR`` model folder (e.g. a DiT trained without the
    pre-trained SpeechAE, or on raw features) scored like the main model.
 
@@ -23,7 +25,8 @@ The command is resumable: ``results.json`` is rewritten after every scored set (
 together with a fingerprint of what the row depends on (SHA-256 of the model files and the
 datasets' manifests, and the settings). Run again into the same ``--out``, it keeps the rows whose
 fingerprint still matches and computes only the rest, so an interrupted run, or one more
-``--ablation`` on a finished run, costs only the missing rows.
+``--ablation`` on a finished run, costs only the missing rows. ``--tables`` picks the tables to
+compute (default: all that the given data allows).
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ import numpy as np
 
 from readtalk.errors import ReadtalkError
 
+TABLES = ("main", "grid", "ans", "ablations")
+ANS_MODES = {  # name -> generation settings; each row changes one thing from the default
+    "ans": {"ans": True, "motion_from": "frames"},
+    "ans_no_context": {"ans": True, "motion_from": "frames", "decode_context": 0},
+    "ans_latents": {"ans": True, "motion_from": "latents"},
+    "plain": {"ans": False},
+    "plain_no_context": {"ans": False, "decode_context": 0},
+}
 ROW_KEYS = ("mouth_corr", "mouth_mae", "av_offset", "sync_c", "sync_d", "identity", "psnr",
             "ssim", "fid", "fvd", "seam_ratio")  # fmt: skip
 
@@ -56,6 +67,7 @@ class ResultsConfig:
     i3d: str = ""
     device: str = "cpu"
     ablations: dict = field(default_factory=dict)  # name -> model folder
+    tables: tuple[str, ...] = TABLES  # which tables to compute
 
 
 def generate_set(pipe, records: list[dict], out: Path, progress: bool, **kw) -> dict:
@@ -154,7 +166,7 @@ class _Progress:
 
 def run_results(
     model: str | Path,
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     cfg: ResultsConfig = ResultsConfig(),
     long: str | Path | None = None,
@@ -164,24 +176,32 @@ def run_results(
     from readtalk.data.manifest import load_manifest
     from readtalk.pipeline import Pipeline
 
+    bad = [t for t in cfg.tables if t not in TABLES]
+    if bad or not cfg.tables:
+        raise ReadtalkError(f"tables must be some of {', '.join(TABLES)}, got {bad or 'none'}")
+    need_data = [t for t in cfg.tables if t != "ans"]
+    if need_data and data is None:
+        raise ReadtalkError(f"the {', '.join(need_data)} table(s) need --data (a test split)")
+    if cfg.tables == ("ans",) and long is None:
+        raise ReadtalkError("the ans table needs --long (a dataset of long clips)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tests = load_manifest(data, "test")
+    tests = load_manifest(data, "test") if data is not None else []
     if cfg.clips:
         tests = tests[: cfg.clips]
     pipe = Pipeline.from_pretrained(model, device=cfg.device)
     clips_kw = _clips(pipe)
     res: dict = {
         "model": str(model),
-        "data": str(data),
+        "data": str(data) if data is not None else None,
         "clips": len(tests),
         "clip_frames": clips_kw["clip_frames"],
         "main_steps": cfg.main_steps or None,
     }
-    settings = {k: v for k, v in asdict(cfg).items() if k != "ablations"}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("ablations", "tables")}
     base = {
         "model": _model_fingerprint(model),
-        "data": _sha(Path(data) / "manifest.jsonl"),
+        "data": _sha(Path(data) / "manifest.jsonl") if data is not None else None,
         "settings": settings,
         "tests": [r["id"] for r in tests],
     }
@@ -193,13 +213,16 @@ def run_results(
         return _row(_score(out / name, ref, out / f"eval_{name}", cfg, **clips), t)
 
     # 1. main table
-    res["main"] = book.row("main", lambda: scored(pipe, "main", tests, data, clips_kw, **main_kw))
-    book.save(res)
+    if "main" in cfg.tables:
+        res["main"] = book.row(
+            "main", lambda: scored(pipe, "main", tests, data, clips_kw, **main_kw)
+        )
+        book.save(res)
 
     # 2. steps x guidance
     grid = tests[: cfg.grid_clips]
     res["grid"] = []
-    for g in cfg.guidance:
+    for g in cfg.guidance if "grid" in cfg.tables else ():
         for s in cfg.steps:
             name = f"{g}_{s}"
 
@@ -212,15 +235,10 @@ def run_results(
             book.save(res)
 
     # 3. ANS vs plain chunking on long videos
-    if long:
+    if long and "ans" in cfg.tables:
         longs = load_manifest(long, "test")[: cfg.long_clips] or load_manifest(long)
         res["ans"] = []
-        modes = {  # READ's ANS; ANS reusing the previous clip's latents; plain chunking
-            "ans": {"ans": True, "motion_from": "frames"},
-            "ans_latents": {"ans": True, "motion_from": "latents"},
-            "plain": {"ans": False},
-        }
-        for name, mode in modes.items():
+        for name, mode in ANS_MODES.items():
 
             def ans_row(name=name, mode=mode) -> dict:
                 kw = {**main_kw, **mode}
@@ -246,7 +264,7 @@ def run_results(
 
     # 4. ablations
     res["ablations"] = []
-    for name, mdir in cfg.ablations.items():
+    for name, mdir in cfg.ablations.items() if "ablations" in cfg.tables else ():
 
         def abl_row(name=name, mdir=mdir) -> dict:
             other = Pipeline.from_pretrained(mdir, device=cfg.device)
@@ -259,7 +277,8 @@ def run_results(
 
     book.save(res)
     (out / "results.md").write_text(results_markdown(res))
-    _plot_grid(res["grid"], out / "steps_guidance.png")
+    if res["grid"]:
+        _plot_grid(res["grid"], out / "steps_guidance.png")
     return res
 
 
@@ -280,10 +299,12 @@ def results_markdown(res: dict) -> str:
     parts = [
         f"Model `{res['model']}`, data `{res['data']}` (test split, {res['clips']} clips; main "
         f"table, ANS and ablations at {res.get('main_steps') or 'the model default'} steps). "
-        "seconds_per_clip: generation wall time per 121-frame clip; rtf: time / audio duration.",
-        "## Main table\n\n" + _table([{"model": "default", **res["main"]}], ["model"]),
-        "## Steps and guidance\n\n" + _table(res["grid"], ["guidance", "steps"]),
+        "seconds_per_clip: generation wall time per 121-frame clip; rtf: time / audio duration."
     ]
+    if res.get("main"):
+        parts.append("## Main table\n\n" + _table([{"model": "default", **res["main"]}], ["model"]))
+    if res.get("grid"):
+        parts.append("## Steps and guidance\n\n" + _table(res["grid"], ["guidance", "steps"]))
     if res.get("ans"):
         parts.append("## ANS vs plain chunking\n\n" + _table(res["ans"], ["mode"]))
     if res.get("ablations"):
@@ -326,7 +347,9 @@ def cmd_results(a) -> None:
         steps = tuple(int(s) for s in a.steps.split(","))
     except ValueError:
         raise ReadtalkError(f"--steps takes numbers separated by commas, got {a.steps!r}") from None
+    tables = tuple(t.strip() for t in a.tables.split(",") if t.strip())
     cfg = ResultsConfig(
+        tables=tables,
         clips=a.clips,
         main_steps=a.main_steps,
         grid_clips=a.grid_clips,
@@ -346,9 +369,16 @@ def add_cli(bench_sub) -> None:
     """Register ``readtalk bench results``."""
     p = bench_sub.add_parser("results", help="READ's tables on a dataset's test split")
     p.add_argument("--model", required=True, help="model folder (vae/speechae/dit.safetensors)")
-    p.add_argument("--data", required=True, help="dataset with a test split (SynthTalk)")
+    p.add_argument(
+        "--data", help="dataset with a test split (SynthTalk); all tables but ans need it"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--long", help="dataset of long clips for the ANS table")
+    p.add_argument(
+        "--tables",
+        default=",".join(TABLES),
+        help=f"tables to compute, comma-separated (default: {','.join(TABLES)})",
+    )
     p.add_argument("--ablation", action="append", help="name=DIR: another model folder to score")
     p.add_argument("--clips", type=int, default=32, help="test clips in the main table (0: all)")
     p.add_argument("--grid-clips", type=int, default=8, help="clips per steps/guidance cell")

@@ -633,6 +633,7 @@ class VideoVAE(nn.Module):
         piece: int | None = None,
         context: int | None = None,
         clamp: bool = True,
+        prefix: Tensor | None = None,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latent frames at a time, yielding consecutive runs of video frames.
 
@@ -649,15 +650,35 @@ class VideoVAE(nn.Module):
         The first latent frame decodes to 1 frame and every later one to 8; a piece starting
         at latent ``a > 0`` therefore always keeps at least one context latent, whose extra
         single frame is dropped. Bad arguments raise here, not at the first ``next()``.
+
+        ``prefix`` ``(B, C, p, h, w)``: latents that come *before* ``latent`` in the same
+        sequence (a long video generated clip by clip: the previous clip's latents). They are
+        decoded as left context only and nothing of them is yielded; every frame of ``latent``
+        then continues the prefix's video, 8 frames per latent frame (``8 f`` in all, no single
+        first frame), exactly as if ``cat([prefix, latent])`` were decoded whole and the prefix's
+        frames cut off (causal decoders only; with the last ``context`` prefix latents).
         """
         self.check_latent(latent)
         piece, left = _piece_args(piece, context, self.config.decoder_context)
-        return self._iter_decode(latent, piece, left, clamp)
+        if prefix is None or prefix.shape[2] == 0:
+            return self._iter_decode(latent, piece, left, clamp)
+        if not self.config.decoder_causal:
+            raise ReadtalkError("decoding after a prefix needs a causal decoder")
+        self.check_latent(prefix)
+        if prefix.shape[:2] != latent.shape[:2] or prefix.shape[3:] != latent.shape[3:]:
+            raise ReadtalkError(
+                f"prefix latent {tuple(prefix.shape)} does not match latent {tuple(latent.shape)}"
+            )
+        prefix = prefix[:, :, -left:].to(latent)
+        full = torch.cat([prefix, latent], dim=2)
+        return self._iter_decode(full, piece, left, clamp, first=prefix.shape[2])
 
-    def _iter_decode(self, latent: Tensor, piece: int, left: int, clamp: bool) -> Iterator[Tensor]:
+    def _iter_decode(
+        self, latent: Tensor, piece: int, left: int, clamp: bool, first: int = 0
+    ) -> Iterator[Tensor]:
         right = 0 if self.config.decoder_causal else left
         t, f = self.temporal_factor, latent.shape[2]
-        for a in range(0, f, piece):
+        for a in range(first, f, piece):
             b = min(a + piece, f)
             cl, cr = min(a, left), min(f - b, right)
             out = self.ae.decoder(latent[:, :, a - cl : b + cr].to(self.dtype))  # (B, 3, F', H, W)
