@@ -236,8 +236,8 @@ def test_later_clips_decode_after_the_previous_clips_latents(pipe, inputs, monke
     b = pipe(img, long, seed=0, decode_context=0, progress=False)
     assert np.array_equal(a.frames[:CLIP], b.frames[:CLIP])
     assert np.abs(a.frames[CLIP:].astype(int) - b.frames[CLIP:]).max() > 2
-    # the default (4 latents) lies in between and is what pipeline.json can change
-    assert pipe.settings()["decode_context"] == 4
+    # the default (8 latents) is what pipeline.json can change
+    assert pipe.settings()["decode_context"] == 8
     with pytest.raises(ReadtalkError, match="decode context"):
         pipe(img, long, decode_context=-1, progress=False)
 

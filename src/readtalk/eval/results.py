@@ -204,6 +204,7 @@ def run_results(
         "data": _sha(Path(data) / "manifest.jsonl") if data is not None else None,
         "settings": settings,
         "tests": [r["id"] for r in tests],
+        "pipeline": pipe.settings(),  # the model's resolved defaults, code defaults included
     }
     book = _Progress(out, base, progress)
     main_kw = {"steps": cfg.main_steps} if cfg.main_steps else {}
@@ -258,7 +259,11 @@ def run_results(
                     ),
                 }
 
-            row = book.row(f"ans_{name}", ans_row, {"long": _sha(Path(long) / "manifest.jsonl")})
+            extra = {  # the resolved settings: a changed default recomputes the row
+                "long": _sha(Path(long) / "manifest.jsonl"),
+                "settings": pipe.settings(**main_kw, **mode),
+            }
+            row = book.row(f"ans_{name}", ans_row, extra)
             res["ans"].append({"mode": name, **row})
             book.save(res)
 
