@@ -94,9 +94,9 @@ DEFAULT_KEYS = (
 
 # Latents of the previous clip that a clip's decoding continues from (``decode_context``). On the
 # demo model (a held-out 60-s video, 8 steps) 8 latents make a clip start change the picture no
-# more than any other latent start does (seam ratio 0.98, other latent starts 0.95); 4 leave
-# 1.43, 2 leave 4.3. 8 latents decode within 0.8 uint8 levels of the whole video decoded at
-# once; the exact reach is the VAE's ``decoder_context`` (17 for res-small), at 12 % more time.
+# more than any other latent start does (seam ratio 0.98, other latent starts 0.94); 4 leave
+# 1.38, 2 leave 4.3 (docs/dit.md). 8 latents decode within 0.8 uint8 levels of the whole video
+# decoded at once; the exact reach is the VAE's ``decoder_context`` (17 for res-small).
 DECODE_CONTEXT = 8
 
 
