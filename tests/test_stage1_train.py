@@ -142,6 +142,24 @@ def test_motion_weights_mark_what_moves():
     assert torch.equal(w[..., :5, :], torch.ones(1, 1, 9, 5, 32))  # still pixels weigh 1
 
 
+def test_mouth_box_weights_and_their_training(synth_dataset, tmp_path):
+    """mouth_weight: a fixed box (fractions of the frame) weighs 1 + mouth_weight; it combines
+    with the motion weight, trains, and bad boxes are one-line errors."""
+    from readtalk.train.vae import box_weights
+
+    w = box_weights(torch.Size([2, 3, 9, 40, 50]), (0.2, 0.5, 0.6, 0.75), 4.0)
+    assert w.shape == (1, 1, 1, 40, 50)
+    assert w[0, 0, 0, 20:30, 10:30].eq(5.0).all() and w.sum() == 40 * 50 + 4.0 * 10 * 20
+    assert w[0, 0, 0, 19, 10] == 1 and w[0, 0, 0, 20, 30] == 1  # the box ends where it says
+    cfg = _cfg(synth_dataset, 3, motion_weight=5.0, mouth_weight=10.0, size=0)
+    train_vae(cfg, tmp_path / "r", progress=False)
+    saved = (tmp_path / "r/config.yaml").read_text()
+    assert "mouth_weight: 10.0" in saved and "mouth_box" in saved
+    for bad in [{"mouth_weight": -1.0}, {"mouth_box": [0.5, 0.5, 0.4, 0.8]}, {"mouth_box": [0.1]}]:
+        with pytest.raises(ReadtalkError, match="mouth_box"):
+            _cfg(synth_dataset, 2, **bad).validate()
+
+
 def test_motion_weighted_training_reports_mouth_scores(synth_dataset, tmp_path):
     """With motion_weight the run trains; on SynthTalk data evaluation adds the mouth scores."""
     train_vae(_cfg(synth_dataset, 4, motion_weight=10.0, size=0), tmp_path / "r", progress=False)

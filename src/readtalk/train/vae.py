@@ -44,6 +44,11 @@ class VAERunConfig:
     motion_weight: float = 0.0
     motion_scale: float = 0.1
     motion_dilate: int = 9
+    # Extra weight on a fixed box where the mouth lies in aligned face crops (SynthTalk, and
+    # ``readtalk prepare``'s crops): pixels inside ``mouth_box`` (x0, y0, x1, y1 as fractions of
+    # the frame) weigh 1 + mouth_weight, on top of the motion weight. 0 disables.
+    mouth_weight: float = 0.0
+    mouth_box: tuple[float, ...] = (0.34, 0.55, 0.66, 0.76)
     flip: bool = True  # random horizontal flips
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
@@ -64,6 +69,17 @@ class VAERunConfig:
             raise ReadtalkError(f"size must be a multiple of 32, got {self.size}")
         if self.motion_weight < 0 or self.motion_scale <= 0 or self.motion_dilate < 1:
             raise ReadtalkError("motion_weight must be >= 0, motion_scale > 0, motion_dilate >= 1")
+        b = self.mouth_box
+        if (
+            self.mouth_weight < 0
+            or len(b) != 4
+            or not 0 <= b[0] < b[2] <= 1
+            or not 0 <= b[1] < b[3] <= 1
+        ):
+            raise ReadtalkError(
+                f"mouth_weight must be >= 0 and mouth_box x0, y0, x1, y1 fractions with x0 < x1 "
+                f"and y0 < y1, got {self.mouth_weight} and {list(b)}"
+            )
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
         self.train.validate()
@@ -150,6 +166,16 @@ def motion_weights(video: torch.Tensor, weight: float, scale: float, dilate: int
         k = dilate | 1
         d = torch.nn.functional.max_pool3d(d, (1, k, k), stride=1, padding=(0, k // 2, k // 2))
     return 1.0 + weight * (d / scale).clamp(max=1.0)
+
+
+def box_weights(shape: torch.Size, box: tuple[float, ...], weight: float) -> torch.Tensor:
+    """Per-pixel loss weights (1, 1, 1, H, W): 1 + ``weight`` inside ``box`` (x0, y0, x1, y1 as
+    fractions of the frame), 1 elsewhere."""
+    h, w = shape[-2], shape[-1]
+    x0, y0, x1, y1 = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+    m = torch.ones(1, 1, 1, h, w)
+    m[..., y0:y1, x0:x1] += weight
+    return m
 
 
 @torch.no_grad()
@@ -283,8 +309,13 @@ def train_vae(
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
         err = err.abs() if cfg.loss == "l1" else err.pow(2)
-        if cfg.motion_weight:
-            w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
+        if cfg.motion_weight or cfg.mouth_weight:
+            w = torch.ones(1, 1, 1, 1, 1, device=video.device)
+            if cfg.motion_weight:
+                w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
+            if cfg.mouth_weight:
+                w = w * box_weights(video.shape, cfg.mouth_box, cfg.mouth_weight).to(video.device)
+            w = w.expand(video.shape[0], 1, *video.shape[2:])
             # normalised by the global batch's mean weight, so the ranks' mean is the global loss
             rec = (err * w).mean() / dist.mean_over_ranks({"w": w.mean()})["w"]
         else:
