@@ -315,6 +315,30 @@ def test_dit_exact_resume_and_release(cache, tmp_path):
     assert math.isfinite(metrics[-1]["test_ema_audio_gain"])
 
 
+def test_dit_starts_from_a_release(cache, tmp_path):
+    """init: a run starts from a DiT release's weights (its first loss is the release's, not a
+    random model's); a release of another architecture is a one-line error."""
+    first = train_dit(_run_cfg(cache["out"], 6, lr=3e-3), tmp_path / "a", progress=False)
+    cfg = dataclasses.replace(_run_cfg(cache["out"], 2, lr=1e-12), init=str(first))
+    train_dit(cfg, tmp_path / "b", progress=False)
+    fresh = train_dit(_run_cfg(cache["out"], 2, lr=1e-12), tmp_path / "c", progress=False)
+    released, _ = load_dit(first)
+    started, _ = load_dit(tmp_path / "b")
+    for (k, a), b in zip(released.state_dict().items(), started.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)  # lr ~0: still the release
+    untouched, _ = load_dit(fresh)
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(
+            released.state_dict().values(), untouched.state_dict().values(), strict=True
+        )
+    )
+    assert "initialised from" in (tmp_path / "b/log.txt").read_text()
+    bigger = dataclasses.replace(cfg, size="tiny")
+    with pytest.raises(ReadtalkError, match="differs from this run"):
+        train_dit(bigger, tmp_path / "d", progress=False)
+
+
 def test_dit_overfits_one_batch(cache):
     from readtalk.dit import A2VDiT
 

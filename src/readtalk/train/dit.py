@@ -61,6 +61,9 @@ class DiffusionConfig:
 class DiTRunConfig:
     cache: str = ""  # cache folder (readtalk cache)
     size: str = "tiny"  # DIT_SIZES name; latent_channels / audio_dim come from the cache
+    # a DiT release (dit.safetensors or its run / model folder) to start from, e.g. to follow a
+    # fine-tuned VAE's latents or new footage; its architecture must match size and cache
+    init: str = ""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     ema_decay: float = 0.999
     samples: int = 0  # test windows generated, decoded and scored at each evaluation (0: off)
@@ -99,6 +102,20 @@ class DiTRunConfig:
             latent_channels=int(meta["latent_shape"][0]),
             audio_dim=int(meta["code_dim"]),
         )
+
+
+def init_from_release(model, path: str) -> None:
+    """Load a DiT release's weights into ``model`` (its latent statistics are not used: the
+    run normalises with its own cache's); a different architecture is a one-line error."""
+    from readtalk.pipeline import load_dit_release
+
+    rel = load_dit_release(path)
+    theirs, ours = dataclasses.asdict(rel.model.cfg), dataclasses.asdict(model.cfg)
+    diff = sorted(k for k in ours if k != "name" and theirs.get(k) != ours[k])
+    if diff:
+        pairs = ", ".join(f"{k} {theirs.get(k)} vs {ours[k]}" for k in diff)
+        raise ReadtalkError(f"--set init={path}: its DiT differs from this run's ({pairs})")
+    model.load_state_dict(rel.model.state_dict())
 
 
 def _torch_gen(rng: np.random.Generator) -> torch.Generator:
@@ -218,7 +235,11 @@ def train_dit(
             "the cache's windows have one latent frame; ANS needs >= 2 (frames >= 9)"
         )
     mcfg = cfg.model_config(meta)
-    model = A2VDiT(mcfg).to(run.device)
+    model = A2VDiT(mcfg)
+    if cfg.init and not resume:
+        init_from_release(model, cfg.init)
+        run.log(f"initialised from {cfg.init}")
+    model = model.to(run.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     run.log(
         f"DiT {mcfg.name} ({sum(p.numel() for p in model.parameters()):,} parameters), "
