@@ -231,6 +231,15 @@ def test_later_clips_decode_after_the_previous_clips_latents(pipe, inputs, monke
         whole = pipe.vae.decode(seq)  # (1, 3, 1 + 8 * 6, H, W)
     frames = ((whole[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).numpy()
     assert np.abs(frames[: len(a.frames)] - a.frames).max() <= 1
+    # two motion latents: a later clip's first two latents stand for frames already decoded
+    clips.clear()
+    two = pipe(img, long, seed=0, decode_context=reach, motion_latents=2, progress=False)
+    seq = torch.cat([clips[0]] + [c[:, :, 2:] for c in clips[1:]], dim=2)
+    with torch.no_grad():
+        whole = pipe.vae.decode(seq)
+    frames = ((whole[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).numpy()
+    assert len(two.frames) == len(a.frames) and len(clips) > 3
+    assert np.abs(frames[: len(two.frames)] - two.frames).max() <= 1
     # 0: every clip decoded on its own; the first clip is the same, the later ones are not
     clips.clear()
     b = pipe(img, long, seed=0, decode_context=0, progress=False)

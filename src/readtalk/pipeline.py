@@ -576,7 +576,9 @@ class Pipeline:
         # clip boundary.
         from readtalk.diffusion.ans import overlap_frames
 
-        tail: list[Tensor] = []  # the decoded frames the next clip's motion is encoded from
+        # the last ``ov`` decoded frames (across clips: a clip decoded after the previous one's
+        # latents may yield fewer than ``ov`` new frames), the next clip's motion is encoded from
+        tail: list[Tensor] = []
         ov = overlap_frames(st["motion_latents"], tf)
 
         def motion_from_frames(prev: Tensor, window) -> Tensor:
@@ -626,11 +628,11 @@ class Pipeline:
                 if carry:
                     seq = latent if prefix is None else torch.cat([prefix, latent], dim=2)
                     history = seq[:, :, -keep:]
-                tail.clear()
                 for run in self.vae.iter_decode(latent, prefix=prefix):
                     a, b = done, done + run.shape[2]
                     done = b
-                    tail.append(run[:, :, -ov:] if ov else run[:, :, :0])
+                    if ov:
+                        tail[:] = [torch.cat([*tail, run], dim=2)[:, :, -ov:]]
                     lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
                     if lo < hi:
                         yield to_uint8(run[0, :, lo - a : hi - a])
