@@ -11,8 +11,10 @@ how well the mouth survives against SynthTalk's exact openness: the Pearson corr
 mouth reader's gap on the reconstruction with the exact gap (pooled over all frames), the
 fraction of clearly open mouths (exact openness > 0.5) that the reader sees open, and the
 blur-tolerant score: darkness at the true mouth against the exact gap, per clip, averaged.
-``--figure`` writes mouth crops: truth, one-frame, whole-clip rows per clip, at the three most
-open and the most closed frame.
+For the whole-clip path it also splits the blur-tolerant score by latent: darkness and exact gap
+standardised per clip, pooled over clips, for frames 1-8 (a clip's first 8-frame latent) and
+frames 9-32 (the later ones). ``--figure`` writes mouth crops: truth, one-frame, whole-clip rows
+per clip, at the three most open and the most closed frame.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from readtalk.vae.model import VideoVAE
 FRAMES = 33
 
 
+def standardised(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-6)
+
+
 def crop(frames: np.ndarray, idx: list[int], centre: tuple[int, int], r: int = 36) -> np.ndarray:
     """The frames ``idx`` side by side, each cut to 2r x 2r around ``centre`` (x, y)."""
     x, y = centre
@@ -51,6 +57,7 @@ def main() -> None:
     vae = VideoVAE.load(a.vae).eval()
     scores = {"one frame": ([], [], [], []), "whole clip": ([], [], [], [])}
     rows = []
+    by_latent = {"frames 1-8": ([], []), "frames 9-32": ([], [])}
     for rec in load_manifest(a.data, "test")[: a.clips]:
         frames = read_video(resolve(rec, "video"))[:FRAMES]
         track = load_track(rec)
@@ -62,6 +69,10 @@ def main() -> None:
                 [to_uint8(vae.decode(vae.encode(to_tensor(f[None])[None]))[0])[0] for f in frames]
             )
         centre = locate_mouth(frames)
+        dz, gz = standardised(mouth_darkness(clip, centre)[1:]), standardised(gap[1:])
+        for (d, g), part in zip(by_latent.values(), (slice(0, 8), slice(8, None)), strict=True):
+            d.extend(dz[part])
+            g.extend(gz[part])
         for name, rec_frames in (("one frame", single), ("whole clip", clip)):
             g, truth, seen, dark = scores[name]
             read = np.array([read_mouth(f).gap for f in rec_frames])
@@ -80,6 +91,9 @@ def main() -> None:
             f"{name:10s}: mouth_corr {corr:.3f}, open mouths seen {np.mean(seen):.2f} "
             f"({len(seen)}), mouth_dark_corr {np.mean(dark):.3f} ({len(dark)} clips)"
         )
+    for name, (d, g) in by_latent.items():
+        corr = pearson(np.asarray(g), np.asarray(d))
+        print(f"whole clip, {name}: standardised darkness vs gap, pooled: {corr:.3f} ({len(d)})")
     if a.figure:
         img = np.concatenate(rows, 0)
         write_image(a.figure, cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))

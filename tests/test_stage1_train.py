@@ -160,6 +160,22 @@ def test_mouth_box_weights_and_their_training(synth_dataset, tmp_path):
             _cfg(synth_dataset, 2, **bad).validate()
 
 
+def test_delta_loss_penalises_a_still_reconstruction(synth_dataset, tmp_path):
+    """delta_weight: the loss on frame-to-frame change is logged and added; bad values and a
+    one-frame window are one-line errors."""
+    cfg = _cfg(synth_dataset, 3, motion_weight=5.0, delta_weight=2.0, size=0)
+    train_vae(cfg, tmp_path / "r", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if "delta" in r)
+    assert row["delta"] > 0
+    assert row["loss"] == pytest.approx(
+        row["rec"] + 1e-6 * row["kl"] + 2.0 * row["delta"], rel=1e-5
+    )
+    for bad in [{"delta_weight": -1.0}, {"delta_weight": 1.0, "clip_frames": 1}]:
+        with pytest.raises(ReadtalkError, match="delta_weight"):
+            _cfg(synth_dataset, 2, **bad).validate()
+
+
 def test_motion_weighted_training_reports_mouth_scores(synth_dataset, tmp_path):
     """With motion_weight the run trains; on SynthTalk data evaluation adds the mouth scores."""
     train_vae(_cfg(synth_dataset, 4, motion_weight=10.0, size=0), tmp_path / "r", progress=False)

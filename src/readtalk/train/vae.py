@@ -49,6 +49,11 @@ class VAERunConfig:
     # the frame) weigh 1 + mouth_weight, on top of the motion weight. 0 disables.
     mouth_weight: float = 0.0
     mouth_box: tuple[float, ...] = (0.34, 0.55, 0.66, 0.76)
+    # L1 loss on the change from each frame to the next (reconstruction against input), with
+    # this weight, added to the reconstruction loss: a decoder that draws one "mean" mouth for
+    # all 8 frames of a latent has no change where the input's mouth moves. Weighted like the
+    # reconstruction (motion and mouth weights). 0 disables; needs clip_frames >= 9.
+    delta_weight: float = 0.0
     flip: bool = True  # random horizontal flips
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
@@ -79,6 +84,11 @@ class VAERunConfig:
             raise ReadtalkError(
                 f"mouth_weight must be >= 0 and mouth_box x0, y0, x1, y1 fractions with x0 < x1 "
                 f"and y0 < y1, got {self.mouth_weight} and {list(b)}"
+            )
+        if self.delta_weight < 0 or (self.delta_weight and self.clip_frames < 9):
+            raise ReadtalkError(
+                f"delta_weight must be >= 0 and needs clip_frames >= 9, got {self.delta_weight} "
+                f"with clip_frames={self.clip_frames}"
             )
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
@@ -309,8 +319,8 @@ def train_vae(
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
         err = err.abs() if cfg.loss == "l1" else err.pow(2)
+        w = torch.ones(1, 1, 1, 1, 1, device=video.device)
         if cfg.motion_weight or cfg.mouth_weight:
-            w = torch.ones(1, 1, 1, 1, 1, device=video.device)
             if cfg.motion_weight:
                 w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
             if cfg.mouth_weight:
@@ -321,7 +331,14 @@ def train_vae(
         else:
             rec = err.mean()
         kl = kl_loss(mean, logvar)
-        return {"loss": rec + cfg.kl_weight * kl, "rec": rec, "kl": kl}
+        out = {"loss": rec + cfg.kl_weight * kl, "rec": rec, "kl": kl}
+        if cfg.delta_weight:
+            d = (recon.diff(dim=2) - video.diff(dim=2)).abs()  # (B, 3, F - 1, H, W)
+            wd = w.expand(video.shape[0], 1, *video.shape[2:])[:, :, 1:]
+            delta = (d * wd).mean() / dist.mean_over_ranks({"w": wd.mean()})["w"]
+            out["delta"] = delta
+            out["loss"] = out["loss"] + cfg.delta_weight * delta
+        return out
 
     done = fit(
         run,
