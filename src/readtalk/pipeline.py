@@ -576,14 +576,13 @@ class Pipeline:
         # clip boundary.
         from readtalk.diffusion.ans import overlap_frames
 
-        # the last ``ov`` decoded frames (across clips: a clip decoded after the previous one's
+        # [the last ``ov`` decoded frames] (across clips: a clip decoded after the previous one's
         # latents may yield fewer than ``ov`` new frames), the next clip's motion is encoded from
         tail: list[Tensor] = []
         ov = overlap_frames(st["motion_latents"], tf)
 
         def motion_from_frames(prev: Tensor, window) -> Tensor:
-            px = torch.cat(tail, dim=2)[:, :, -ov:]
-            return self._normalize(self.vae.encode(px).float())
+            return self._normalize(self.vae.encode(tail[0]).float())
 
         gen = torch.Generator(device=dev).manual_seed(st["seed"])
         bar = tqdm(
@@ -632,7 +631,7 @@ class Pipeline:
                     a, b = done, done + run.shape[2]
                     done = b
                     if ov:
-                        tail[:] = [torch.cat([*tail, run], dim=2)[:, :, -ov:]]
+                        tail[:] = [torch.cat([*tail, run[:, :, -ov:]], dim=2)[:, :, -ov:]]
                     lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
                     if lo < hi:
                         yield to_uint8(run[0, :, lo - a : hi - a])

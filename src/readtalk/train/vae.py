@@ -188,6 +188,14 @@ def box_weights(shape: torch.Size, box: tuple[float, ...], weight: float) -> tor
     return m
 
 
+def weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x`` weighted by ``w`` (broadcast over channels; None: plain mean), normalised by
+    the global batch's mean weight, so that the ranks' mean is the global loss."""
+    if w is None:
+        return x.mean()
+    return (x * w).mean() / dist.mean_over_ranks({"w": w.mean()})["w"]
+
+
 @torch.no_grad()
 def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
     """Encode (posterior mean) and decode (B, 3, F, H, W) in [-1, 1]."""
@@ -319,25 +327,21 @@ def train_vae(
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
         err = err.abs() if cfg.loss == "l1" else err.pow(2)
-        w = torch.ones(1, 1, 1, 1, 1, device=video.device)
+        w = None  # per-pixel weights (B, 1, F, H, W), or None: all pixels alike
         if cfg.motion_weight or cfg.mouth_weight:
+            w = torch.ones(1, 1, 1, 1, 1, device=video.device)
             if cfg.motion_weight:
                 w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
             if cfg.mouth_weight:
                 w = w * box_weights(video.shape, cfg.mouth_box, cfg.mouth_weight).to(video.device)
             w = w.expand(video.shape[0], 1, *video.shape[2:])
-            # normalised by the global batch's mean weight, so the ranks' mean is the global loss
-            rec = (err * w).mean() / dist.mean_over_ranks({"w": w.mean()})["w"]
-        else:
-            rec = err.mean()
+        rec = weighted_mean(err, w)
         kl = kl_loss(mean, logvar)
         out = {"loss": rec + cfg.kl_weight * kl, "rec": rec, "kl": kl}
         if cfg.delta_weight:
             d = (recon.diff(dim=2) - video.diff(dim=2)).abs()  # (B, 3, F - 1, H, W)
-            wd = w.expand(video.shape[0], 1, *video.shape[2:])[:, :, 1:]
-            delta = (d * wd).mean() / dist.mean_over_ranks({"w": wd.mean()})["w"]
-            out["delta"] = delta
-            out["loss"] = out["loss"] + cfg.delta_weight * delta
+            out["delta"] = weighted_mean(d, None if w is None else w[:, :, 1:])
+            out["loss"] = out["loss"] + cfg.delta_weight * out["delta"]
         return out
 
     done = fit(
