@@ -1,0 +1,190 @@
+"""Does the mouth survive 8x temporal compression of per-frame latents? A factorised-VAE probe.
+
+    .venv/bin/python scripts/temporal_packer_probe.py --data data/st1000 \\
+        --vae src/readtalk/assets/demo/vae.safetensors --train-clips 300 --channels 128
+
+A causal video VAE's single-frame path keeps SynthTalk's mouth (``scripts/vae_mouth_in_time.py``:
+0.96 for the demo VAE) and its 8-frame latents lose it. This probe tests the factorised
+alternative: keep the VAE's single-frame code for every frame, and learn only the temporal
+compression on top of it. Every frame of ``--train-clips`` training clips and ``--test-clips``
+held-out clips (33 frames each) is encoded alone (posterior mean, ``(C, h, w)`` per frame). A
+small "packer" maps each run of 8 per-frame latents (frames 1-8, 9-16, ...) to one latent of
+``--channels`` channels on the same h x w grid and back (3x3 convolutions of ``--width``
+channels, no temporal context beyond the 8 frames: the same 32x32x8 compression as the video
+VAE), trained for ``--steps`` steps on the MSE of the standardised per-frame latents (plus,
+with ``--deviation-weight``, the MSE of each frame's deviation from its 8 frames' mean).
+``--latents FILE`` keeps the training clips' per-frame latents for later runs. The held-out
+clips' packed and unpacked latents are then decoded frame by frame, and the mouth is scored as
+in ``vae_mouth_in_time.py``: darkness at the true mouth against SynthTalk's exact gap, per clip,
+averaged (``mouth_dark_corr``), for the per-frame path alone and after the packer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from readtalk.data.manifest import load_manifest, load_track, resolve
+from readtalk.data.synthtalk.mouth_reader import pearson
+from readtalk.eval.lipsync import locate_mouth, mouth_darkness
+from readtalk.media import read_video
+from readtalk.train.vae import to_tensor, to_uint8
+from readtalk.vae.model import VideoVAE
+
+FRAMES, GROUP = 33, 8
+
+
+class Packer(nn.Module):
+    """(B, 8, C, h, w) per-frame latents <-> (B, K, h, w) packed latent."""
+
+    def __init__(self, c: int, k: int, width: int) -> None:
+        super().__init__()
+        act = nn.SiLU
+        self.enc = nn.Sequential(
+            nn.Conv2d(GROUP * c, width, 3, padding=1), act(),
+            nn.Conv2d(width, width, 3, padding=1), act(),
+            nn.Conv2d(width, k, 1),
+        )  # fmt: skip
+        self.dec = nn.Sequential(
+            nn.Conv2d(k, width, 3, padding=1), act(),
+            nn.Conv2d(width, width, 3, padding=1), act(),
+            nn.Conv2d(width, GROUP * c, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, c, h, w = x.shape
+        return self.dec(self.enc(x.reshape(b, g * c, h, w))).reshape(b, g, c, h, w)
+
+
+@torch.no_grad()
+def frame_latents(vae: VideoVAE, frames: np.ndarray) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (F, C, h, w): every frame encoded alone."""
+    video = to_tensor(frames)  # (3, F, H, W)
+    clips = video.permute(1, 0, 2, 3)[:, :, None]  # (F, 3, 1, H, W)
+    return vae.encode(clips)[:, :, 0]
+
+
+@torch.no_grad()
+def decode_frames(vae: VideoVAE, latents: torch.Tensor) -> np.ndarray:
+    """(F, C, h, w) -> (F, H, W, 3) uint8, every frame decoded alone."""
+    video = vae.decode(latents[:, :, None])  # (F, 3, 1, H, W)
+    return to_uint8(video[:, :, 0].permute(1, 0, 2, 3))
+
+
+def groups(lat: torch.Tensor) -> torch.Tensor:
+    """(N, 33, C, h, w) -> (N * 4, 8, C, h, w): frames 1-8, 9-16, ... of each clip."""
+    n, f, c, h, w = lat.shape
+    return lat[:, 1:].reshape(n * ((f - 1) // GROUP), GROUP, c, h, w)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--vae", required=True)
+    ap.add_argument("--train-clips", type=int, default=300)
+    ap.add_argument("--test-clips", type=int, default=16)
+    ap.add_argument("--channels", type=int, default=128, help="packed latent channels")
+    ap.add_argument("--width", type=int, default=256, help="packer convolution width")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--deviation-weight",
+        type=float,
+        default=0.0,
+        help="extra MSE on each frame's deviation from its 8 frames' mean",
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latents", default="", help="file to keep the training latents in")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    vae = VideoVAE.load(a.vae).eval()
+    start = time.time()
+
+    def encode(recs: list[dict]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        lats, frames = [], []
+        for rec in tqdm(recs, desc="encode frames"):
+            f = read_video(resolve(rec, "video"))[:FRAMES]
+            lats.append(frame_latents(vae, f))
+            frames.append(f)
+        return torch.stack(lats), frames
+
+    train_recs = load_manifest(a.data, "train")[: a.train_clips]
+    test_recs = load_manifest(a.data, "test")[: a.test_clips]
+    if a.latents and Path(a.latents).is_file():
+        train_lat = torch.load(a.latents)
+        if len(train_lat) != len(train_recs):
+            raise SystemExit(f"{a.latents} holds {len(train_lat)} clips, not {len(train_recs)}")
+    else:
+        train_lat, _ = encode(train_recs)
+        if a.latents:
+            torch.save(train_lat, a.latents)
+    test_lat, test_frames = encode(test_recs)
+    print(f"per-frame latents {tuple(train_lat.shape[2:])}, {time.time() - start:.0f} s")
+    mean = train_lat.mean((0, 1, 3, 4), keepdim=True)[0]  # (1, C, 1, 1)
+    std = train_lat.std((0, 1, 3, 4), keepdim=True)[0]
+    data = groups((train_lat - mean) / std)
+    packer = Packer(train_lat.shape[2], a.channels, a.width)
+    opt = torch.optim.AdamW(packer.parameters(), lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
+    gen = torch.Generator().manual_seed(0)
+    test_groups = groups((test_lat - mean) / std)
+    bar = tqdm(range(a.steps), desc="train packer")
+    for step in bar:
+        idx = torch.randint(len(data), (a.batch,), generator=gen)
+        x = data[idx]
+        y = packer(x)
+        loss = (y - x).pow(2).mean()
+        if a.deviation_weight:  # the change within the 8 frames, where the mouth's motion is
+            dev = (y - y.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))
+            loss = loss + a.deviation_weight * dev.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == a.steps - 1:
+            with torch.no_grad():
+                test_loss = (packer(test_groups) - test_groups).pow(2).mean().item()
+            bar.set_postfix(train=f"{loss.item():.4f}", test=f"{test_loss:.4f}")
+    with torch.no_grad():
+        packed = packer(test_groups).reshape(len(test_recs), FRAMES - 1, *test_lat.shape[2:])
+        packed = torch.cat([test_lat[:, :1], packed * std + mean], dim=1)
+    scores: dict[str, list[float]] = {"per-frame latents": [], "packed 8 frames": []}
+    for rec, frames, lat, pk in zip(test_recs, test_frames, test_lat, packed, strict=True):
+        gap = np.asarray(load_track(rec)["measures"]["gap"], np.float64)[:FRAMES]
+        centre = locate_mouth(frames)
+        for name, z in (("per-frame latents", lat), ("packed 8 frames", pk)):
+            c = pearson(gap[1:], mouth_darkness(decode_frames(vae, z), centre)[1:])
+            if np.isfinite(c):
+                scores[name].append(c)
+    for name, s in scores.items():
+        print(f"{name:18s}: mouth_dark_corr {np.mean(s):.3f} ({len(s)} held-out clips)")
+    # decoding cost of one 121-frame clip: 16 video latents (the causal 3-D decoder) against
+    # 121 per-frame latents (the 2-D path) plus the packer's decoder
+    c, h, w = test_lat.shape[2:]
+    with torch.no_grad():
+        timings = {}
+        for name, fn in (
+            ("video VAE decode, 16 latents", lambda: vae.decode(torch.randn(1, c, 16, h, w))),
+            ("per-frame decode, 121 frames", lambda: vae.decode(torch.randn(121, c, 1, h, w))),
+            ("packer decode, 15 latents", lambda: packer.dec(torch.randn(15, a.channels, h, w))),
+        ):
+            fn()
+            t = time.perf_counter()
+            for _ in range(3):
+                fn()
+            timings[name] = (time.perf_counter() - t) / 3
+    for name, sec in timings.items():
+        print(f"{name}: {sec:.2f} s per 121-frame clip ({a.threads} threads)")
+    print(f"packed latent: {a.channels} channels per 8 frames; {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
