@@ -15,7 +15,8 @@ VAE), trained for ``--steps`` steps on the MSE of the standardised per-frame lat
 with ``--deviation-weight``, the MSE of each frame's deviation from its 8 frames' mean).
 ``--context`` lets the packer see the frame before each group (see ``Packer``); ``--unroll``
 trains it on pairs of groups, the second decoded after the first one's decoded last frame, as
-at generation.
+at generation, and ``--seam-weight`` adds the MSE of the change into the second group's first
+frame (reconstruction against truth).
 ``--latents FILE`` keeps the training clips' per-frame latents for later runs. The held-out
 clips' packed and unpacked latents are then decoded frame by frame, and the mouth is scored as
 in ``vae_mouth_in_time.py``: darkness at the true mouth against SynthTalk's exact gap, per clip,
@@ -146,6 +147,12 @@ def main() -> None:
         action="store_true",
         help="with --context: train on pairs of groups, the second decoded after the first",
     )
+    ap.add_argument(
+        "--seam-weight",
+        type=float,
+        default=0.0,
+        help="with --unroll: MSE of the change into the second group's first frame",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latents", default="", help="file to keep the training latents in")
     a = ap.parse_args()
@@ -200,6 +207,9 @@ def main() -> None:
             y = packer(x, data_prev[idx])
             y2 = packer.decode(packer.encode(x2, data_prev[idx + 1]), y[:, -1])
             loss = (group_loss(y, x) + group_loss(y2, x2)) / 2
+            if a.seam_weight:  # the change into the second group's first frame, against truth
+                seam = (y2[:, 0] - y[:, -1]) - (x2[:, 0] - x[:, -1])
+                loss = loss + a.seam_weight * seam.pow(2).mean()
         else:
             idx = torch.randint(len(data), (a.batch,), generator=gen)
             x = data[idx]
