@@ -223,7 +223,11 @@ def main() -> None:
                 test_loss = (round_trip(packer, test_std) - test_std)[:, 1:].pow(2).mean().item()
             bar.set_postfix(train=f"{loss.item():.4f}", test=f"{test_loss:.4f}")
     with torch.no_grad():
-        packed = round_trip(packer, test_std) * std + mean
+        rt = round_trip(packer, test_std)
+        err = (rt - test_std)[:, 1:].pow(2).mean((0, 2, 3, 4)).reshape(-1, GROUP).mean(0)
+        print("held-out latent MSE by position in the group (frames 1..8 of each latent):")
+        print("  " + " ".join(f"{e:.4f}" for e in err.tolist()))
+        packed = rt * std + mean
     scores: dict[str, list[float]] = {"per-frame latents": [], "packed 8 frames": []}
     # flicker: mean change between consecutive frames, and the change into the first frame of
     # each 8-frame latent (9, 17, 25) over the median change elsewhere
