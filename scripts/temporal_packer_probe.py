@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from readtalk.data.manifest import load_manifest, load_track, resolve
 from readtalk.data.synthtalk.mouth_reader import pearson
+from readtalk.errors import ReadtalkError
 from readtalk.eval.lipsync import frame_changes, locate_mouth, mouth_darkness, seam_ratio
 from readtalk.media import read_video
 from readtalk.train.vae import to_tensor, to_uint8
@@ -274,4 +275,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ReadtalkError as e:  # a missing or unreadable input: one line, as the CLI prints it
+        raise SystemExit(f"error: {e}") from None

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from readtalk.data.synthtalk.mouth_reader import pearson
+from readtalk.errors import ReadtalkError
 from readtalk.vae.model import VideoVAE, get_preset
 
 FRAMES, SIZE, BAR_W, BAR_H = 17, 128, 32, 24
@@ -89,7 +91,7 @@ def per_frame_score(rec: torch.Tensor, clips: list) -> float:
     scores = []
     for i, (_, heights, (x, y)) in enumerate(clips):
         dark = -rec[i, :, 1:, y : y + BAR_H, x : x + BAR_W].mean((0, 2, 3)).detach().numpy()
-        scores.append(np.corrcoef(heights[1:], dark)[0, 1])
+        scores.append(pearson(heights[1:], dark))
     return float(np.mean(scores))
 
 
@@ -151,4 +153,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ReadtalkError as e:  # a missing or unreadable input: one line, as the CLI prints it
+        raise SystemExit(f"error: {e}") from None
