@@ -334,6 +334,12 @@ def test_bench_speed_smoke(capsys):
     out = capsys.readouterr().out
     for word in ("DiT forward", "clip", "VAE decode", "speech", "real-time factor", "FLOPs"):
         assert word in out
+    a = parser.parse_args(
+        ["speed", "--size", "debug", "--res", "64", "--steps", "1", "--clip-frames", "17",
+         "--front-end", "logmel", "--repeats", "1", "--threads", "1", "--factorised"]
+    )  # fmt: skip
+    a.func(a)
+    assert "VAE factorised-debug" in capsys.readouterr().out
 
 
 def test_bench_flops_and_paper_on_cpu(capsys):

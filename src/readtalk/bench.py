@@ -113,6 +113,7 @@ def run_speed(
     front_end: str = "auto",
     whisper: str | None = None,
     repeats: int = 1,
+    factorised: bool = False,
     log=print,
 ) -> dict[str, float]:
     """Run the speed bench; prints a report through ``log`` and returns the numbers."""
@@ -164,7 +165,12 @@ def run_speed(
     seconds = clip_frames / 25
     torch.manual_seed(0)
     dit = A2VDiT(dcfg).to(dev, dt).eval()
-    vae = VideoVAE(vcfg).to(dev, dt).eval()
+    vae = VideoVAE(vcfg)
+    if factorised:  # the preset's single-frame path on every frame + the packer
+        from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
+
+        vae = FactorisedVAE(FactorisedConfig(frame=vcfg, channels=vcfg.latent_channels), frame=vae)
+    vae = vae.to(dev, dt).eval()
     base = next((c for c in SPEECHAE_SIZES.values() if c.code_dim == dcfg.audio_dim), None)
     scfg = SpeechAEConfig(
         feat_dim=2 * fe.dim,
@@ -191,7 +197,8 @@ def run_speed(
     schedule = timestep_schedule(steps)
 
     log(
-        f"bench speed: DiT {size} ({num_params(dcfg) / 1e6:.1f} M params), VAE {preset}, "
+        f"bench speed: DiT {size} ({num_params(dcfg) / 1e6:.1f} M params), "
+        f"VAE {vae.config.name}, "
         f"{front_end} front end, {clip_frames} frames at {res}x{res} "
         f"(latents {c}x{f}x{h}x{w}, {(1 + f) * h * w} tokens), {steps} steps, {cfg} guidance "
         f"({guidance.passes} passes), {dev.type} {str(dt).removeprefix('torch.')}, "
@@ -257,6 +264,11 @@ def configure_speed_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vae-preset", default=None, help="VAE preset (default: the one with the DiT's channels)"
     )
+    p.add_argument(
+        "--factorised",
+        action="store_true",
+        help="time a factorised VAE (the preset's frame path + packer) instead of the video VAE",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--cfg", choices=("split", "joint", "none"), default="split")
     p.add_argument("--clip-frames", type=int, default=121, help="frames per clip, 8k+1")
@@ -318,6 +330,7 @@ def cmd_bench_speed(a: argparse.Namespace) -> None:
         front_end=a.front_end,
         whisper=a.whisper,
         repeats=a.repeats,
+        factorised=a.factorised,
     )
 
 

@@ -262,6 +262,14 @@ def cmd_train_vae(a: argparse.Namespace) -> None:
     _report_release(path, a.out)
 
 
+def cmd_train_packer(a: argparse.Namespace) -> None:
+    from readtalk.train.packer import PackerRunConfig, train_packer
+
+    cfg = _train_config(PackerRunConfig, a, {"vae": a.vae})
+    path = train_packer(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    _report_release(path, a.out)
+
+
 def cmd_eval_vae(a: argparse.Namespace) -> None:
     from readtalk.train.vae import carphone_path, vae_report
 
@@ -375,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
         "official LTX-Video VAE .safetensors",
     )
     p.set_defaults(func=cmd_train_vae)
+
+    p = train.add_parser(
+        "packer",
+        help="train a factorised VAE: a frame VAE's per-frame latents packed 8 frames to one",
+    )
+    _add_train_args(p)
+    p.add_argument("--vae", default=None, help="the frame VAE (vae.safetensors, kept frozen)")
+    p.set_defaults(func=cmd_train_packer)
 
     p = sub.add_parser("eval-vae", help="VAE reconstruction PSNR/SSIM on test data and real video")
     p.add_argument("--weights", required=True, help="vae.safetensors")

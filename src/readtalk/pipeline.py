@@ -353,9 +353,9 @@ class Pipeline:
         Whisper features; default: the packaged tiny.en)."""
         from readtalk.speech.frontend import load_front_end
         from readtalk.train.speech import load_speechae
-        from readtalk.vae.model import VideoVAE
+        from readtalk.vae.factorised import load_vae
 
-        v = VideoVAE.load(vae)
+        v = load_vae(vae)
         s = load_speechae(speech)
         d = load_dit_release(dit)
         kind = s.cfg.front_end

@@ -49,7 +49,7 @@ SHARD = "shard_{:05d}.pt"
 @dataclass(frozen=True)
 class CacheConfig:
     data: str  # dataset folder (manifest.jsonl)
-    vae: str  # vae.safetensors (VideoVAE.save); "" with latents_from (the old cache's)
+    vae: str  # vae.safetensors (VideoVAE or FactorisedVAE); "" with latents_from (the old cache's)
     speech: str  # speechae.safetensors (or its run folder)
     frames: int = 121  # window length, 8k+1
     size: int = 0  # frame size in pixels (0: the dataset's own)
@@ -218,7 +218,7 @@ def build_cache(
     from readtalk.speech.frontend import load_front_end
     from readtalk.train.common import release_path
     from readtalk.train.speech import load_speechae
-    from readtalk.vae.model import VideoVAE
+    from readtalk.vae.factorised import load_vae
 
     cfg.validate()
     out = Path(out)
@@ -273,7 +273,7 @@ def build_cache(
             f"SpeechAE {speech_path} was trained on {trained_on!r} features, but the front end "
             f"is {front_end.name!r}"
         )
-    vae = None if src else VideoVAE.load(vae_path).to(device).eval()
+    vae = None if src else load_vae(vae_path).to(device).eval()
     windows, short = _windows(records, cfg.frames)
     if not windows:
         raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")

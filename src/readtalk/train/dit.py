@@ -321,7 +321,7 @@ class SampleWriter:
         self, folder: Path, test, n: int, d: DiffusionConfig, device: torch.device | str = "cpu"
     ) -> None:
         from readtalk.eval.lipsync import locate_mouth
-        from readtalk.vae.model import VideoVAE
+        from readtalk.vae.factorised import load_vae
 
         vae_path = (test.meta.get("vae") or {}).get("path")
         if not vae_path or not Path(vae_path).is_file():
@@ -329,7 +329,7 @@ class SampleWriter:
                 f"samples need the cache's VAE, which is not at {vae_path!r}; set samples=0"
             )
         self.folder, self.d, self.device = folder, d, torch.device(device)
-        self.vae = VideoVAE.load(vae_path).to(self.device).eval()
+        self.vae = load_vae(vae_path).to(self.device).eval()
         self.batch = test.get(list(range(min(n, len(test)))))
         gen = torch.Generator().manual_seed(EVAL_SEED + 1)
         self.noise = torch.randn(self.batch["latent"].shape, generator=gen)

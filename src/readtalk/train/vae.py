@@ -376,9 +376,9 @@ def vae_report(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """PSNR/SSIM of a trained VAE on a dataset's test split and on real footage."""
-    from readtalk.vae.model import VideoVAE
+    from readtalk.vae.factorised import load_vae
 
-    vae = VideoVAE.load(weights).eval()
+    vae = load_vae(weights).eval()
     out = {}
     if data:
         recs = load_manifest(data, "test")

@@ -461,7 +461,82 @@ READTALK_FORMAT = "readtalk-vae/1"
 _LOGVAR_RANGE = (-30.0, 20.0)  # as diffusers' DiagonalGaussianDistribution
 
 
-class VideoVAE(nn.Module):
+class LatentCodec(nn.Module):
+    """What every readtalk VAE shares: sizes from ``self.config`` and latent normalisation
+    from the per-channel statistics a subclass returns in ``_latent_stats``."""
+
+    config: Any
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, f, h, w)`` for a clip of ``frames x height x width`` (raises if invalid)."""
+        return self.config.latent_shape(frames, height, width)
+
+    def _latent_stats(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def scaling(self) -> LatentScaling:
+        mean, std = self._latent_stats()
+        return LatentScaling(mean=mean, std=std, factor=self.config.scaling_factor)
+
+    def normalize(self, latent: Tensor) -> Tensor:
+        """Latent -> roughly unit-variance diffusion space: ``(z - mean) * factor / std``.
+
+        This is what the LTX pipeline feeds its transformer; for a VAE without statistics
+        (mean 0, std 1, factor 1) it is the identity.
+        """
+        mean, std = (_channel_view(x, latent) for x in self._latent_stats())
+        return (latent - mean) * self.config.scaling_factor / std
+
+    def denormalize(self, latent: Tensor) -> Tensor:
+        """Inverse of ``normalize``: diffusion space -> what ``decode`` takes."""
+        mean, std = (_channel_view(x, latent) for x in self._latent_stats())
+        return latent * std / self.config.scaling_factor + mean
+
+
+def check_video_shape(video: Tensor) -> None:
+    if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ReadtalkError(f"video must be a (B, 3, F, H, W) tensor, got {shape}")
+
+
+def save_atomic(path: Path, state: dict[str, Tensor], meta: dict[str, str]) -> Path:
+    """Write ``state`` as one safetensors file with ``meta``; it appears only once complete."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class VideoVAE(LatentCodec):
     """Temporal VAE: ``encode`` video -> latent, ``decode`` latent -> video (see module doc).
 
     The network is ``self.ae``, a diffusers ``AutoencoderKLLTXVideo``; this class adds the input
@@ -486,42 +561,11 @@ class VideoVAE(nn.Module):
         else:
             self.ae = AutoencoderKLLTXVideo(**kwargs)
 
-    # ---- sizes
-
-    @property
-    def spatial_factor(self) -> int:
-        return self.config.spatial_factor
-
-    @property
-    def temporal_factor(self) -> int:
-        return self.config.temporal_factor
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.ae.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.ae.parameters()).device
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, f, h, w)`` for a clip of ``frames x height x width`` (raises if invalid)."""
-        return self.config.latent_shape(frames, height, width)
-
     # ---- checks (run before any convolution, so mistakes cost nothing and read clearly)
 
     def check_video(self, video: Tensor) -> None:
         """Raise a one-line ReadtalkError unless ``video`` is a valid ``(B, 3, F, H, W)`` clip."""
-        if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-            raise ReadtalkError(f"video must be a (B, 3, F, H, W) tensor, got {shape}")
+        check_video_shape(video)
         if not video.is_floating_point():
             raise ReadtalkError(f"video must be float in [-1, 1], got {video.dtype}")
         _, _, f, h, w = video.shape
@@ -721,34 +765,11 @@ class VideoVAE(nn.Module):
         recon = self.decode(latent, clamp=False)
         return VAEOutput(recon=recon, latent=latent, mean=mean, logvar=logvar)
 
-    # ---- latent normalisation
+    # ---- latent normalisation (normalize / denormalize: LatentCodec)
 
-    @property
-    def scaling(self) -> LatentScaling:
+    def _latent_stats(self) -> tuple[Tensor, Tensor]:
         """The latent statistics (LTX ships per-channel ``latents_mean`` / ``latents_std``)."""
-        return LatentScaling(
-            mean=self.ae.latents_mean, std=self.ae.latents_std, factor=self.config.scaling_factor
-        )
-
-    def normalize(self, latent: Tensor) -> Tensor:
-        """Latent -> roughly unit-variance diffusion space: ``(z - mean) * factor / std``.
-
-        This is what the LTX pipeline feeds its transformer; for a VAE without statistics
-        (mean 0, std 1, factor 1) it is the identity.
-        """
-        mean, std = (
-            _channel_view(self.ae.latents_mean, latent),
-            _channel_view(self.ae.latents_std, latent),
-        )
-        return (latent - mean) * self.config.scaling_factor / std
-
-    def denormalize(self, latent: Tensor) -> Tensor:
-        """Inverse of ``normalize``: diffusion space -> what ``decode`` takes."""
-        mean, std = (
-            _channel_view(self.ae.latents_mean, latent),
-            _channel_view(self.ae.latents_std, latent),
-        )
-        return latent * std / self.config.scaling_factor + mean
+        return self.ae.latents_mean, self.ae.latents_std
 
     @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
@@ -773,15 +794,7 @@ class VideoVAE(nn.Module):
         path = Path(path)
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta.update(format=READTALK_FORMAT, config=json.dumps(self.config.to_dict()))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.ae.state_dict().items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_atomic(path, self.ae.state_dict(), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> VideoVAE:

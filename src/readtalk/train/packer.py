@@ -1,0 +1,209 @@
+"""Stage 1b: train the factorised VAE's packer on top of a trained frame VAE.
+
+    readtalk train packer --data data/synthtalk --vae runs/vae/vae.safetensors --out runs/fvae
+
+Every frame of the first ``window`` frames of ``clips`` training clips is encoded alone by the
+frame VAE (posterior mean; kept in ``frame_latents.pt`` in the run folder, so a resumed run
+does not encode again) and standardised per channel. Each step draws ``batch_size`` random
+8-frame groups with the frame before each (its context), packs and unpacks them, and minimises
+the MSE of the standardised latents plus ``deviation_weight`` x the MSE of each frame's
+deviation from its group's mean (where the mouth's motion lives: plain MSE lets the packer
+draw one mean mouth for all 8 frames). With probability ``context_dropout`` a group is decoded
+without its context, which is how a long video's decoding restarts after a truncated prefix.
+The frame VAE stays frozen. Evaluation reconstructs held-out clips through the whole
+factorised VAE (PSNR, SSIM and, on SynthTalk, the mouth scores of ``readtalk eval-vae``) and
+reports the held-out latent MSE. The result is ``vae.safetensors`` (a ``FactorisedVAE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from readtalk.config import to_dict
+from readtalk.data.cache import file_sha256
+from readtalk.data.manifest import load_manifest, resolve
+from readtalk.errors import ReadtalkError
+from readtalk.media import read_video
+from readtalk.train import dist
+from readtalk.train.common import OptimConfig, atomic_save, fit, start_run
+from readtalk.train.vae import eval_videos, evaluate_videos, fit_size, is_synthtalk, to_tensor
+
+LATENTS = "frame_latents.pt"
+
+
+@dataclass(frozen=True)
+class PackerRunConfig:
+    data: str = ""
+    vae: str = ""  # the frame VAE: a readtalk vae.safetensors (VideoVAE)
+    width: int = 256  # packer convolution width
+    group: int = 8  # frames per packed latent
+    clips: int = 300  # training clips whose frames are encoded (0: all)
+    window: int = 33  # frames of each clip encoded, 8k+1
+    deviation_weight: float = 16.0
+    context_dropout: float = 0.1
+    eval_clips: int = 8
+    eval_frames: int = 33
+    train: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            steps=3000,
+            batch_size=32,
+            lr=1e-3,
+            weight_decay=0.0,
+            warmup=100,
+            eval_every=1000,
+            ckpt_every=250,
+        )
+    )
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ReadtalkError("no dataset given (--data)")
+        if not self.vae:
+            raise ReadtalkError("no frame VAE given (--vae)")
+        if self.group < 1 or self.width < 1:
+            raise ReadtalkError(f"group and width must be >= 1, got {self.group}, {self.width}")
+        for name in ("window", "eval_frames"):
+            v = getattr(self, name)
+            if v < 1 + self.group or (v - 1) % self.group:
+                raise ReadtalkError(
+                    f"{name} must be {self.group}k+1 with k >= 1 (e.g. 33), got {v}"
+                )
+        if self.clips < 0:
+            raise ReadtalkError(f"clips must be >= 0, got {self.clips}")
+        if self.deviation_weight < 0 or not 0 <= self.context_dropout < 1:
+            raise ReadtalkError("deviation_weight must be >= 0 and context_dropout in [0, 1)")
+        self.train.validate()
+
+
+@torch.no_grad()
+def encode_frames(
+    fvae, records: list[dict], frames: int, size: int, progress: bool
+) -> torch.Tensor:
+    """(N, frames, C, h, w) raw frame-VAE latents (posterior means) of each clip's start."""
+    out = []
+    for rec in tqdm(records, desc="encode frames", unit="clip", disable=not progress):
+        video = read_video(resolve(rec, "video"))
+        if len(video) < frames:
+            continue
+        x = to_tensor(np.ascontiguousarray(fit_size(video[:frames], size)))[None]
+        fvae.check_video(x)
+        out.append(fvae._unstd(fvae.frame_latents(x))[0])
+    if not out:
+        raise ReadtalkError(f"no training clip has {frames} frames; lower window")
+    return torch.stack(out)
+
+
+def group_loss(y: torch.Tensor, x: torch.Tensor, deviation_weight: float) -> dict:
+    """MSE of (B, g, C, h, w) latents plus the weighted MSE of each frame's deviation from its
+    group's mean."""
+    mse = (y - x).pow(2).mean()
+    dev = ((y - y.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).pow(2).mean()
+    return {"loss": mse + deviation_weight * dev, "mse": mse, "dev": dev}
+
+
+def train_packer(
+    cfg: PackerRunConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Path | None:
+    """Train (or resume) the packer; returns the release path (None when stopped early)."""
+    from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
+    from readtalk.vae.model import VideoVAE
+
+    run = start_run(cfg, out, resume)
+    tc = cfg.train
+    frame = VideoVAE.load(cfg.vae).eval()
+    for p in frame.parameters():
+        p.requires_grad_(False)
+    fcfg = FactorisedConfig(
+        frame=frame.config,
+        channels=frame.latent_channels,
+        width=cfg.width,
+        group=cfg.group,
+    )
+    fvae = FactorisedVAE(fcfg, frame=frame)
+    records = load_manifest(cfg.data)
+    size = int(records[0].get("size") or 0)
+    train_recs = [r for r in records if r["split"] == "train"]
+    train_recs = train_recs[: cfg.clips] if cfg.clips else train_recs
+
+    # the training clips' per-frame latents: encoded once, kept in the run folder
+    key = {"vae_sha256": file_sha256(Path(cfg.vae)), "ids": [r["id"] for r in train_recs]}
+    key["window"] = cfg.window
+    path = run.root / LATENTS
+    lat = None
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if {k: saved.get(k) for k in key} == key:
+            lat = saved["latents"]
+    if lat is None:
+        lat = encode_frames(fvae, train_recs, cfg.window, size, progress)
+        if dist.is_main():
+            atomic_save({**key, "latents": lat}, path)
+    mean, std = lat.mean((0, 1, 3, 4)), lat.std((0, 1, 3, 4)).clamp_min(1e-6)
+    fvae.set_frame_stats(mean, std)
+    s = fvae._std(lat)  # (N, F, C, h, w)
+    n, f, c, h, w = s.shape
+    g = cfg.group
+    per_clip = (f - 1) // g
+    runs = s[:, 1:].reshape(n * per_clip, g, c, h, w)
+    prevs = s[:, 0 : f - 1 : g].reshape(n * per_clip, c, h, w)
+    run.log(
+        f"factorised VAE on {fcfg.frame.name}: {n} clips x {f} frames, "
+        f"{len(runs)} groups; packer {sum(p.numel() for p in fvae.packer.parameters()):,} params"
+    )
+    test = eval_videos(
+        [r for r in records if r["split"] == "test"], cfg.eval_frames, size, cfg.eval_clips
+    )
+    fvae.to(run.device)
+    packer = fvae.packer
+    opt = torch.optim.AdamW(packer.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    part = dist.share(tc.batch_size)
+
+    def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.from_numpy(rng.integers(len(runs), size=tc.batch_size))[part]
+        have = torch.from_numpy(rng.random(tc.batch_size) >= cfg.context_dropout)[part]
+        x, prev = runs[idx].to(run.device), prevs[idx].to(run.device)
+        y = packer.decode(packer.encode(x, prev), prev, have.to(run.device))
+        return group_loss(y, x, cfg.deviation_weight)
+
+    test_lat = None
+    if test:  # held-out per-frame latents, for the latent MSE of a whole round trip
+        with torch.no_grad():
+            test_lat = torch.cat([fvae.frame_latents(v[None].to(run.device)) for v in test])
+
+    def evaluate() -> dict[str, float]:
+        res = evaluate_videos(fvae, test, mouth=is_synthtalk(cfg.data))
+        z = fvae.pack(test_lat)
+        rt = torch.cat(list(fvae.unpack(z, None, True)), dim=1)
+        res["latent_mse"] = float((rt - test_lat)[:, 1:].pow(2).mean())
+        return res
+
+    done = fit(
+        run,
+        tc,
+        packer,
+        opt,
+        loss_fn,
+        evaluate if test else None,
+        to_dict(cfg),
+        "train packer",
+        progress,
+        stop_at,
+        resume,
+    )
+    if not done:
+        return None
+    release = run.root / "vae.safetensors"
+    if dist.is_main():
+        fvae.cpu().save(release)
+        run.log(f"wrote {release}")
+    dist.barrier()
+    return release

@@ -1,0 +1,431 @@
+"""The factorised VAE: a single-frame image VAE for every frame, and a small "packer" on top
+that compresses each run of 8 per-frame latents into one latent (32x32x8, as the video VAE).
+
+Why: a causal video VAE trained on a 2-core CPU keeps SynthTalk's mouth in its single-frame
+path (``mouth_dark_corr`` 0.96 for the demo VAE) and loses it in its 8-frame latents (0.00;
+docs/stage1.md). A small object's per-frame size is the last thing any 32x-spatial conv
+autoencoder learns. Learning the temporal compression *on top of* a per-frame code is fast:
+the packer trains in minutes on cached per-frame latents and keeps the mouth at 0.92 of the
+0.96 ceiling on held-out clips (``scripts/temporal_packer_probe.py``).
+
+Layout (everything below speaks of standardised per-frame latents ``s = (z - mean) / std``,
+with ``z`` the frame VAE's posterior mean and per-channel statistics measured on training
+frames):
+
+* video ``(B, 3, F, H, W)``, ``F = 8k + 1``, ``H, W`` multiples of the frame VAE's factor;
+* latent ``(B, K, f, h, w)``, ``f = 1 + (F - 1) / 8``; latent 0 is frame 0's ``s`` as it is
+  (so ``K`` equals the frame VAE's channels), latent ``j >= 1`` packs frames ``8j-7 .. 8j``;
+* encoding a group sees the true ``s`` of the frame before it (its *context*); decoding
+  a group sees the last frame decoded before it, so one group continues the last. A flag
+  channel tells the packer whether it has a context at all: decoding after a truncated prefix
+  (``iter_decode(prefix=...)``) starts its first prefix latent without one, as trained with
+  context dropout.
+
+The interface is ``VideoVAE``'s: ``encode``, ``decode``, ``iter_decode(prefix=)``,
+``normalize`` / ``denormalize`` with stored latent statistics, ``save`` / ``load`` (one
+safetensors file with the config in its metadata; ``load_vae`` picks the class by format).
+The latent is deterministic (the packer is a plain autoencoder): ``encode(sample=True)`` is
+refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from readtalk.errors import ReadtalkError
+from readtalk.vae.model import (
+    HALF,
+    READTALK_FORMAT,
+    LatentCodec,
+    VAEConfig,
+    VideoVAE,
+    _check_frames_and_size,
+    _peek,
+    _read,
+    _require,
+    check_video_shape,
+    save_atomic,
+)
+
+FACTORISED_FORMAT = "readtalk-fvae/1"
+FRAME_CHUNK = 16  # frames coded by the frame VAE at once (bounds memory on long clips)
+
+
+@dataclass(frozen=True)
+class FactorisedConfig:
+    """A frame VAE's config and the packer's sizes."""
+
+    frame: VAEConfig = field(default_factory=lambda: VAEConfig(name="debug"))
+    channels: int = 32  # packed latent channels (= the frame VAE's latent channels)
+    width: int = 256  # the packer's convolution width
+    group: int = 8  # frames per packed latent (the temporal factor)
+    scaling_factor: float = 1.0  # as VAEConfig's: normalized = (z - mean) * factor / std
+
+    def __post_init__(self) -> None:
+        if self.channels != self.frame.latent_channels:
+            raise ReadtalkError(
+                f"the packed latent needs the frame VAE's {self.frame.latent_channels} channels "
+                f"(latent 0 is frame 0's own latent), got channels={self.channels}"
+            )
+        if self.width < 1 or self.group < 1:
+            raise ReadtalkError(f"width and group must be >= 1, got {self.width}, {self.group}")
+
+    @property
+    def name(self) -> str:
+        return f"factorised-{self.frame.name}"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.channels
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.frame.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.group
+
+    # Decoding a group needs only the frame decoded before it; a prefix of 2 latents gives the
+    # first one (decoded without context) a group to settle in before the new latents.
+    decoder_context: int = field(default=2, init=False, repr=False)
+    decoder_causal: bool = field(default=True, init=False, repr=False)
+    encoder_context: int = field(default=1, init=False, repr=False)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        t, s = self.temporal_factor, self.spatial_factor
+        _check_frames_and_size(frames, height, width, t, s)
+        return (self.channels, 1 + (frames - 1) // t, height // s, width // s)
+
+    def frames_for(self, latent_frames: int) -> int:
+        return 1 + self.group * (latent_frames - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frame": self.frame.to_dict(),
+            "channels": self.channels,
+            "width": self.width,
+            "group": self.group,
+            "scaling_factor": self.scaling_factor,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FactorisedConfig:
+        known = {"channels", "width", "group", "scaling_factor"}
+        return cls(
+            frame=VAEConfig.from_dict(data["frame"]), **{k: data[k] for k in known if k in data}
+        )
+
+
+class Packer(nn.Module):
+    """(B, g, C, h, w) standardised per-frame latents <-> (B, K, h, w) packed latent.
+
+    Both halves are two 3x3 convolutions of ``width`` channels and a 1x1 projection, and both
+    see a context: the per-frame latent (B, C, h, w) of the frame before the group and a flag
+    channel (1: the context is real, 0: there is none and it is zeros)."""
+
+    def __init__(self, c: int, k: int, width: int, group: int) -> None:
+        super().__init__()
+        self.group = group
+        ctx = c + 1
+
+        def stack(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, width, 3, padding=1),
+                nn.SiLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.SiLU(),
+                nn.Conv2d(width, cout, 1),
+            )
+
+        self.enc = stack(group * c + ctx, k)
+        self.dec = stack(k + ctx, group * c)
+
+    @staticmethod
+    def _context(prev: Tensor, like: Tensor, have: Tensor | None = None) -> Tensor:
+        """``prev`` (B, C, h, w) -> (B, C + 1, h, w): the context and its flag.
+
+        ``have`` (B,) bool marks the rows whose context is real (None: all of them)."""
+        b, _, h, w = like.shape
+        flag = like.new_ones(b, 1, h, w)
+        if have is not None:
+            keep = have.to(like.dtype).view(b, 1, 1, 1)
+            prev, flag = prev * keep, flag * keep
+        return torch.cat([prev, flag], dim=1)
+
+    def encode(self, x: Tensor, prev: Tensor) -> Tensor:
+        b, g, c, h, w = x.shape
+        flat = x.reshape(b, g * c, h, w)
+        return self.enc(torch.cat([flat, self._context(prev, flat)], dim=1))
+
+    def decode(self, z: Tensor, prev: Tensor | None, have: Tensor | None = None) -> Tensor:
+        """``prev`` None: no context (the flag is 0); ``have`` masks it per row."""
+        b, _, h, w = z.shape
+        if prev is None:
+            c = self.dec[0].in_channels - z.shape[1] - 1
+            prev = z.new_zeros(b, c, h, w)
+            have = torch.zeros(b, dtype=torch.bool, device=z.device)
+        out = self.dec(torch.cat([z, self._context(prev, z, have)], dim=1))
+        return out.reshape(b, self.group, -1, h, w)
+
+    def forward(self, x: Tensor, prev: Tensor, have: Tensor | None = None) -> Tensor:
+        return self.decode(self.encode(x, prev), prev, have)
+
+
+class FactorisedVAE(LatentCodec):
+    """Frame VAE (``self.frame``, a ``VideoVAE`` used one frame at a time) + ``self.packer``."""
+
+    def __init__(
+        self, config: FactorisedConfig, *, frame: VideoVAE | None = None, meta: bool = False
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.frame = frame if frame is not None else VideoVAE(config.frame, meta=meta)
+        c, k = config.frame.latent_channels, config.channels
+        if meta:
+            with torch.device("meta"):
+                self.packer = Packer(c, k, config.width, config.group)
+        else:
+            self.packer = Packer(c, k, config.width, config.group)
+        self.register_buffer("frame_mean", torch.zeros(c))
+        self.register_buffer("frame_std", torch.ones(c))
+        self.register_buffer("latents_mean", torch.zeros(k))
+        self.register_buffer("latents_std", torch.ones(k))
+
+    # ---- checks
+
+    def check_video(self, video: Tensor) -> None:
+        check_video_shape(video)
+        self.config.latent_shape(*video.shape[2:])  # frames 8k+1, sizes multiples of 32
+        self.frame.check_video(video[:, :, :1])  # dtype and value range
+
+    def check_latent(self, latent: Tensor) -> None:
+        self.frame.check_latent(latent)  # same channel count by construction
+
+    # ---- per-frame coding and standardisation
+
+    def _std(self, z: Tensor) -> Tensor:  # (..., C, h, w) frame VAE latents -> standardised
+        return (z - self.frame_mean.view(-1, 1, 1)) / self.frame_std.view(-1, 1, 1)
+
+    def _unstd(self, s: Tensor) -> Tensor:
+        return s * self.frame_std.view(-1, 1, 1) + self.frame_mean.view(-1, 1, 1)
+
+    def frame_latents(self, video: Tensor) -> Tensor:
+        """(B, 3, F, H, W) -> (B, F, C, h, w): every frame encoded alone (posterior mean),
+        standardised. No checks (``encode`` runs them)."""
+        b, _, f, hh, ww = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, 3, 1, hh, ww)
+        out = [
+            self.frame._split(self.frame._encoder(frames[i : i + FRAME_CHUNK]))[0][:, :, 0]
+            for i in range(0, b * f, FRAME_CHUNK)
+        ]
+        z = torch.cat(out).to(self.dtype)
+        return self._std(z).unflatten(0, (b, f))
+
+    def decode_frames(self, s: Tensor, clamp: bool = True) -> Tensor:
+        """(B, n, C, h, w) standardised per-frame latents -> video (B, 3, n, H, W)."""
+        b, n = s.shape[:2]
+        z = self._unstd(s).flatten(0, 1)[:, :, None].to(self.frame.dtype)  # (B n, C, 1, h, w)
+        out = torch.cat(
+            [self.frame.ae.decoder(z[i : i + FRAME_CHUNK]) for i in range(0, b * n, FRAME_CHUNK)]
+        )[:, :, 0]  # (B n, 3, H, W)
+        video = out.unflatten(0, (b, n)).permute(0, 2, 1, 3, 4)
+        return video.clamp(-1.0, 1.0) if clamp else video
+
+    # ---- encoding
+
+    def pack(self, s: Tensor) -> Tensor:
+        """(B, F, C, h, w) standardised per-frame latents, F = 8k+1 -> latent (B, K, f, h, w)."""
+        b, f, c, h, w = s.shape
+        g = self.config.group
+        n = (f - 1) // g
+        if n == 0:
+            return s[:, :1].transpose(1, 2)
+        runs = s[:, 1:].reshape(b * n, g, c, h, w)
+        prev = s[:, 0 : f - 1 : g].reshape(b * n, c, h, w)  # frames 0, 8, 16, ...
+        z = self.packer.encode(runs, prev).unflatten(0, (b, n))  # (B, n, K, h, w)
+        return torch.cat([s[:, :1], z], dim=1).transpose(1, 2)
+
+    def encode(
+        self,
+        video: Tensor,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        piece: int | None = None,
+    ) -> Tensor:
+        """Latent ``(B, K, f, h, w)`` of a video (deterministic; frames coded 16 at a time)."""
+        if sample:
+            raise ReadtalkError("the factorised VAE's latent is deterministic: sample=False")
+        self.check_video(video)
+        return self.pack(self.frame_latents(video.to(self.frame.dtype)))
+
+    # ---- decoding
+
+    def unpack(self, latent: Tensor, last: Tensor | None, first: bool) -> Iterator[Tensor]:
+        """Yield (B, n, C, h, w) standardised per-frame latents, one latent at a time.
+
+        ``first``: latent 0 is a clip's first frame (yields it as 1 frame); otherwise every
+        latent is a group, the first decoded after ``last`` (None: without a context)."""
+        j = 0
+        if first:
+            last = latent[:, :, 0]
+            yield last[:, None]
+            j = 1
+        for k in range(j, latent.shape[2]):
+            run = self.packer.decode(latent[:, :, k], last)
+            last = run[:, -1]
+            yield run
+
+    def iter_decode(
+        self,
+        latent: Tensor,
+        *,
+        piece: int | None = None,
+        context: int | None = None,
+        clamp: bool = True,
+        prefix: Tensor | None = None,
+    ) -> Iterator[Tensor]:
+        """Decode ``piece`` latents at a time (default 2), yielding runs of video frames.
+
+        ``prefix`` ``(B, K, p, h, w)``: 8-frame latents that come before ``latent`` (a long
+        video generated clip by clip); only their last ``context`` (default 2) are used, the
+        first of them decoded without a context, and nothing of them is yielded; ``latent``
+        then continues after them, 8 frames per latent. The packer is cheap and recurrent, so
+        the result approximates (does not equal) decoding the whole sequence at once."""
+        self.check_latent(latent)
+        if piece is not None and piece < 1:
+            raise ReadtalkError(f"piece must be at least 1 latent frame, got {piece}")
+        if context is not None and context < 0:
+            raise ReadtalkError(f"context must not be negative, got {context}")
+        piece = piece or 2
+        keep = self.config.decoder_context if context is None else context
+        last, first = None, True
+        if prefix is not None and prefix.shape[2] > 0:
+            self.check_latent(prefix)
+            if prefix.shape[:2] != latent.shape[:2] or prefix.shape[3:] != latent.shape[3:]:
+                raise ReadtalkError(
+                    f"prefix latent {tuple(prefix.shape)} does not match latent "
+                    f"{tuple(latent.shape)}"
+                )
+            first = False
+            if keep > 0:
+                for run in self.unpack(prefix[:, :, -keep:].to(self.dtype), None, False):
+                    last = run[:, -1]
+        return self._iter_decode(latent.to(self.dtype), last, first, piece, clamp)
+
+    def _iter_decode(
+        self, latent: Tensor, last: Tensor | None, first: bool, piece: int, clamp: bool
+    ) -> Iterator[Tensor]:
+        buf: list[Tensor] = []
+        for i, run in enumerate(self.unpack(latent, last, first)):
+            buf.append(run)
+            if len(buf) == piece or i == latent.shape[2] - 1:
+                yield self.decode_frames(torch.cat(buf, dim=1), clamp)
+                buf = []
+
+    def decode(self, latent: Tensor, *, clamp: bool = True, piece: int | None = None) -> Tensor:
+        """Video ``(B, 3, F, H, W)`` from a latent ``(B, K, f, h, w)``; ``F = 1 + 8 (f - 1)``."""
+        return torch.cat(list(self.iter_decode(latent, piece=piece, clamp=clamp)), dim=2)
+
+    def decode_pieces(
+        self,
+        latent: Tensor,
+        *,
+        piece: int | None = None,
+        context: int | None = None,
+        clamp: bool = True,
+    ) -> Tensor:
+        return self.decode(latent, clamp=clamp, piece=piece)
+
+    def encode_pieces(
+        self, video: Tensor, *, piece: int | None = None, context: int | None = None
+    ) -> Tensor:
+        return self.encode(video)
+
+    # ---- latent normalisation (LatentCodec)
+
+    def _latent_stats(self) -> tuple[Tensor, Tensor]:
+        return self.latents_mean, self.latents_std
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        _set_stats(self.latents_mean, self.latents_std, mean, std, "latent")
+
+    @torch.no_grad()
+    def set_frame_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-channel statistics of the frame VAE's latents (measured on training frames)."""
+        _set_stats(self.frame_mean, self.frame_std, mean, std, "frame latent")
+
+    # ---- release format
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """One safetensors file (config JSON in its metadata), written atomically."""
+        path = Path(path)
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        meta.update(format=FACTORISED_FORMAT, config=json.dumps(self.config.to_dict()))
+        return save_atomic(path, self.state_dict(), meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> FactorisedVAE:
+        path = _require(path)
+        keys, meta = _peek(path)
+        if meta.get("format") != FACTORISED_FORMAT:
+            raise ReadtalkError(f"{path} is not a factorised VAE checkpoint")
+        try:
+            config = FactorisedConfig.from_dict(json.loads(meta["config"]))
+        except (KeyError, TypeError, json.JSONDecodeError, AttributeError) as e:
+            raise ReadtalkError(f"{path}: unreadable factorised VAE config ({e})") from None
+        state = _read(path, keys)
+        vae = cls(config, meta=True)
+        expected = vae.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        shapes = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or shapes:
+            first = (missing or unexpected or shapes)[0]
+            raise ReadtalkError(
+                f"{path} does not match its factorised VAE config: {len(missing)} missing, "
+                f"{len(unexpected)} unexpected, {len(shapes)} of other shape (e.g. {first})"
+            )
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        else:
+            state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
+        vae.load_state_dict(state, strict=True, assign=True)
+        return vae
+
+
+def _set_stats(dst_mean: Tensor, dst_std: Tensor, mean: Tensor, std: Tensor, what: str) -> None:
+    c = dst_mean.numel()
+    mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+    if mean.numel() != c or std.numel() != c:
+        raise ReadtalkError(f"{what} statistics need {c} values per channel")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ReadtalkError(f"{what} statistics must be finite with std > 0")
+    dst_mean.copy_(mean)
+    dst_std.copy_(std)
+
+
+def load_vae(
+    path: str | os.PathLike, *, dtype: torch.dtype | None = None
+) -> VideoVAE | FactorisedVAE:
+    """Load any readtalk VAE release: a ``VideoVAE`` or a ``FactorisedVAE``, by its format."""
+    p = _require(path)
+    _, meta = _peek(p)
+    if meta.get("format") == FACTORISED_FORMAT:
+        return FactorisedVAE.load(p, dtype=dtype)
+    if meta.get("format") == READTALK_FORMAT:
+        return VideoVAE.load(p, dtype=dtype)
+    raise ReadtalkError(
+        f"{p} is not a readtalk VAE checkpoint (no {READTALK_FORMAT!r} or "
+        f"{FACTORISED_FORMAT!r} metadata); use VideoVAE.from_pretrained for LTX-Video weights"
+    )
