@@ -54,10 +54,12 @@ class Packer(nn.Module):
     before the group: the true one when encoding, the last decoded one when decoding (for a
     clip's first group, the first frame's own latent), so that one group continues the last."""
 
-    def __init__(self, c: int, k: int, width: int, context: bool = False) -> None:
+    def __init__(
+        self, c: int, k: int, width: int, context: bool = False, residual: bool = False
+    ) -> None:
         super().__init__()
         act, extra = nn.SiLU, c if context else 0
-        self.context = context
+        self.context, self.residual = context, residual
         self.enc = nn.Sequential(
             nn.Conv2d(GROUP * c + extra, width, 3, padding=1), act(),
             nn.Conv2d(width, width, 3, padding=1), act(),
@@ -78,7 +80,8 @@ class Packer(nn.Module):
 
     def decode(self, z: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         b, _, h, w = z.shape
-        return self.dec(self._with(z, prev)).reshape(b, GROUP, -1, h, w)
+        out = self.dec(self._with(z, prev)).reshape(b, GROUP, -1, h, w)
+        return out + prev[:, None] if self.residual else out
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x, prev), prev)
@@ -154,6 +157,11 @@ def main() -> None:
         default=0.0,
         help="with --unroll: MSE of the change into the second group's first frame",
     )
+    ap.add_argument(
+        "--residual",
+        action="store_true",
+        help="with --context: the decoder predicts each frame's change from the context frame",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--latents", default="", help="file to keep the training latents in")
     a = ap.parse_args()
@@ -185,7 +193,7 @@ def main() -> None:
     mean = train_lat.mean((0, 1, 3, 4), keepdim=True)[0]  # (1, C, 1, 1)
     std = train_lat.std((0, 1, 3, 4), keepdim=True)[0]
     data, data_prev = groups((train_lat - mean) / std)
-    packer = Packer(train_lat.shape[2], a.channels, a.width, a.context)
+    packer = Packer(train_lat.shape[2], a.channels, a.width, a.context, a.residual)
     opt = torch.optim.AdamW(packer.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps)
     gen = torch.Generator().manual_seed(0)

@@ -167,6 +167,33 @@ def test_packer_learns(synth_dataset, frame_vae, tmp_path):
     assert np.mean(loss[-5:]) < 0.7 * np.mean(loss[:3])
 
 
+def test_a_new_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path):
+    """init= a factorised VAE with train_encoder=false: the decoder (here a residual one)
+    learns, the encoder and so every latent stay exactly as they were."""
+    first = train_packer(_cfg(synth_dataset, frame_vae, 2), tmp_path / "a", progress=False)
+    cfg = _cfg(synth_dataset, "", 6, lr=1e-2, init=str(first), train_encoder=False, residual=True)
+    second = train_packer(cfg, tmp_path / "b", progress=False)
+    a, b = load_vae(first), load_vae(second)
+    assert b.config.residual and not a.config.residual and b.config.width == a.config.width
+    x = _video(17)
+    with torch.no_grad():
+        assert torch.equal(a.encode(x), b.encode(x))
+        assert not torch.allclose(a.decode(a.encode(x)), b.decode(b.encode(x)))
+    assert torch.equal(a.frame_std, b.frame_std)
+    with pytest.raises(ReadtalkError, match="needs init"):
+        _cfg(synth_dataset, frame_vae, 2, train_encoder=False).validate()
+
+
+def test_residual_decoder_adds_the_context():
+    torch.manual_seed(0)
+    p = Packer(c=4, k=4, width=8, group=8, residual=True)
+    z, prev = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    plain = Packer(c=4, k=4, width=8, group=8)
+    plain.load_state_dict(p.state_dict())
+    assert torch.allclose(p.decode(z, prev), plain.decode(z, prev) + prev[:, None])
+    assert torch.allclose(p.decode(z, None), plain.decode(z, None))
+
+
 def test_packer_config_errors_and_cli(synth_dataset, frame_vae, tmp_path, capsys):
     for bad, msg in (
         (dict(window=16), "8k\\+1"),

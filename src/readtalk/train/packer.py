@@ -17,6 +17,7 @@ reports the held-out latent MSE. The result is ``vae.safetensors`` (a ``Factoris
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,13 @@ LATENTS = "frame_latents.pt"
 class PackerRunConfig:
     data: str = ""
     vae: str = ""  # the frame VAE: a readtalk vae.safetensors (VideoVAE)
+    # or a factorised VAE to continue from: its frame VAE, frame statistics and packer (``vae``
+    # is then not needed; width and group are its own)
+    init: str = ""
+    # False (with ``init``): only the decoder learns, so the latents stay exactly those of
+    # ``init``'s encoder and a latent cache and DiT made with it stay valid
+    train_encoder: bool = True
+    residual: bool = False  # the decoder predicts each frame's change from the context frame
     width: int = 256  # packer convolution width
     group: int = 8  # frames per packed latent
     clips: int = 300  # training clips whose frames are encoded (0: all)
@@ -63,8 +71,10 @@ class PackerRunConfig:
     def validate(self) -> None:
         if not self.data:
             raise ReadtalkError("no dataset given (--data)")
-        if not self.vae:
-            raise ReadtalkError("no frame VAE given (--vae)")
+        if not self.vae and not self.init:
+            raise ReadtalkError("no frame VAE given (--vae, or init=a factorised VAE)")
+        if not self.train_encoder and not self.init:
+            raise ReadtalkError("train_encoder=false needs init= (the encoder to keep)")
         if self.group < 1 or self.width < 1:
             raise ReadtalkError(f"group and width must be >= 1, got {self.group}, {self.width}")
         for name in ("window", "eval_frames"):
@@ -119,23 +129,38 @@ def train_packer(
 
     run = start_run(cfg, out, resume)
     tc = cfg.train
-    frame = VideoVAE.load(cfg.vae).eval()
+    start = FactorisedVAE.load(cfg.init) if cfg.init else None
+    if start is not None:
+        frame = start.frame.eval()
+        fcfg = dataclasses.replace(start.config, residual=cfg.residual)
+        source = Path(cfg.init)
+    else:
+        frame = VideoVAE.load(cfg.vae).eval()
+        fcfg = FactorisedConfig(
+            frame=frame.config,
+            channels=frame.latent_channels,
+            width=cfg.width,
+            group=cfg.group,
+            residual=cfg.residual,
+        )
+        source = Path(cfg.vae)
     for p in frame.parameters():
         p.requires_grad_(False)
-    fcfg = FactorisedConfig(
-        frame=frame.config,
-        channels=frame.latent_channels,
-        width=cfg.width,
-        group=cfg.group,
-    )
     fvae = FactorisedVAE(fcfg, frame=frame)
+    if start is not None:  # its packer; a decoder of another kind (residual) starts afresh
+        fvae.packer.enc.load_state_dict(start.packer.enc.state_dict())
+        if start.config.residual == cfg.residual:
+            fvae.packer.dec.load_state_dict(start.packer.dec.state_dict())
+        fvae.set_latent_stats(start.latents_mean, start.latents_std)
+    if not cfg.train_encoder:
+        fvae.packer.enc.requires_grad_(False)
     records = load_manifest(cfg.data)
     size = int(records[0].get("size") or 0)
     train_recs = [r for r in records if r["split"] == "train"]
     train_recs = train_recs[: cfg.clips] if cfg.clips else train_recs
 
     # the training clips' per-frame latents: encoded once, kept in the run folder
-    key = {"vae_sha256": file_sha256(Path(cfg.vae)), "ids": [r["id"] for r in train_recs]}
+    key = {"vae_sha256": file_sha256(source), "ids": [r["id"] for r in train_recs]}
     key["window"] = cfg.window
     path = run.root / LATENTS
     lat = None
@@ -147,8 +172,10 @@ def train_packer(
         lat = encode_frames(fvae, train_recs, cfg.window, size, progress)
         if dist.is_main():
             atomic_save({**key, "latents": lat}, path)
-    mean, std = lat.mean((0, 1, 3, 4)), lat.std((0, 1, 3, 4)).clamp_min(1e-6)
-    fvae.set_frame_stats(mean, std)
+    if start is not None:  # the encoder's input standardisation stays as it was
+        fvae.set_frame_stats(start.frame_mean, start.frame_std)
+    else:
+        fvae.set_frame_stats(lat.mean((0, 1, 3, 4)), lat.std((0, 1, 3, 4)).clamp_min(1e-6))
     s = fvae._std(lat)  # (N, F, C, h, w)
     n, f, c, h, w = s.shape
     g = cfg.group
@@ -164,7 +191,8 @@ def train_packer(
     )
     fvae.to(run.device)
     packer = fvae.packer
-    opt = torch.optim.AdamW(packer.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    params = [p for p in packer.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     part = dist.share(tc.batch_size)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:

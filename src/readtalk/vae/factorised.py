@@ -67,6 +67,7 @@ class FactorisedConfig:
     channels: int = 32  # packed latent channels (= the frame VAE's latent channels)
     width: int = 256  # the packer's convolution width
     group: int = 8  # frames per packed latent (the temporal factor)
+    residual: bool = False  # the decoder predicts each frame's change from the context frame
     scaling_factor: float = 1.0  # as VAEConfig's: normalized = (z - mean) * factor / std
 
     def __post_init__(self) -> None:
@@ -114,12 +115,13 @@ class FactorisedConfig:
             "channels": self.channels,
             "width": self.width,
             "group": self.group,
+            "residual": self.residual,
             "scaling_factor": self.scaling_factor,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactorisedConfig:
-        known = {"channels", "width", "group", "scaling_factor"}
+        known = {"channels", "width", "group", "residual", "scaling_factor"}
         return cls(
             frame=VAEConfig.from_dict(data["frame"]), **{k: data[k] for k in known if k in data}
         )
@@ -130,11 +132,13 @@ class Packer(nn.Module):
 
     Both halves are two 3x3 convolutions of ``width`` channels and a 1x1 projection, and both
     see a context: the per-frame latent (B, C, h, w) of the frame before the group and a flag
-    channel (1: the context is real, 0: there is none and it is zeros)."""
+    channel (1: the context is real, 0: there is none and it is zeros). With ``residual`` the
+    decoder's output is added to the context frame (each frame is predicted as a change from
+    the frame before the group)."""
 
-    def __init__(self, c: int, k: int, width: int, group: int) -> None:
+    def __init__(self, c: int, k: int, width: int, group: int, residual: bool = False) -> None:
         super().__init__()
-        self.group = group
+        self.group, self.residual = group, residual
         ctx = c + 1
 
         def stack(cin: int, cout: int) -> nn.Sequential:
@@ -173,8 +177,9 @@ class Packer(nn.Module):
             c = self.dec[0].in_channels - z.shape[1] - 1
             prev = z.new_zeros(b, c, h, w)
             have = torch.zeros(b, dtype=torch.bool, device=z.device)
-        out = self.dec(torch.cat([z, self._context(prev, z, have)], dim=1))
-        return out.reshape(b, self.group, -1, h, w)
+        ctx = self._context(prev, z, have)
+        out = self.dec(torch.cat([z, ctx], dim=1)).reshape(b, self.group, -1, h, w)
+        return out + ctx[:, None, :-1] if self.residual else out
 
     def forward(self, x: Tensor, prev: Tensor, have: Tensor | None = None) -> Tensor:
         return self.decode(self.encode(x, prev), prev, have)
@@ -192,9 +197,9 @@ class FactorisedVAE(LatentCodec):
         c, k = config.frame.latent_channels, config.channels
         if meta:
             with torch.device("meta"):
-                self.packer = Packer(c, k, config.width, config.group)
+                self.packer = Packer(c, k, config.width, config.group, config.residual)
         else:
-            self.packer = Packer(c, k, config.width, config.group)
+            self.packer = Packer(c, k, config.width, config.group, config.residual)
         self.register_buffer("frame_mean", torch.zeros(c))
         self.register_buffer("frame_std", torch.ones(c))
         self.register_buffer("latents_mean", torch.zeros(k))
