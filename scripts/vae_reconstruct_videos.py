@@ -5,8 +5,8 @@ of docs/results.md: the best any DiT on these latents can do).
         --vae src/readtalk/assets/demo/vae.safetensors --clips 32 --out recon32/
     readtalk eval --pred recon32/ --ref data/st1000 --out eval/recon --syncnet W
 
-Each video is encoded whole (posterior mean) and decoded piece by piece; a frame count that is
-not 8k+1 is cut to the largest 8k+1 and the audio with it.
+Each video is encoded whole (posterior mean) and decoded piece by piece, by either kind of VAE
+(``load_vae``); a frame count that is not 8k+1 is cut to the largest 8k+1 and the audio with it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from readtalk.data.manifest import load_manifest, resolve
 from readtalk.media import VideoWriter, load_audio, read_video
 from readtalk.train.vae import to_tensor, to_uint8
-from readtalk.vae.model import VideoVAE
+from readtalk.vae.factorised import load_vae
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    vae = VideoVAE.load(a.vae).eval()
+    vae = load_vae(a.vae).eval()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     records = load_manifest(a.data, "test")

@@ -182,6 +182,13 @@ def test_a_new_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path):
     assert torch.equal(a.frame_std, b.frame_std)
     with pytest.raises(ReadtalkError, match="needs init"):
         _cfg(synth_dataset, frame_vae, 2, train_encoder=False).validate()
+    # a chain of 2 groups, each decoded after the decoder's own last frame
+    cfg = _cfg(synth_dataset, "", 3, init=str(first), train_encoder=False, unroll=2)
+    third = load_vae(train_packer(cfg, tmp_path / "c", progress=False))
+    with torch.no_grad():
+        assert torch.equal(a.encode(x), third.encode(x))
+    with pytest.raises(ReadtalkError, match=r"unroll must be 1\.\.2"):
+        _cfg(synth_dataset, frame_vae, 2, unroll=3).validate()
 
 
 def test_residual_decoder_adds_the_context():

@@ -54,6 +54,11 @@ class PackerRunConfig:
     window: int = 33  # frames of each clip encoded, 8k+1
     deviation_weight: float = 16.0
     context_dropout: float = 0.1
+    # > 1: train on chains of this many consecutive groups of a clip, each decoded after the
+    # last frame the decoder itself gave the group before (as at generation), the gradient
+    # through the chain; the first group's context is the true frame (or dropped). 1: every
+    # group on its own, after the true frame.
+    unroll: int = 1
     eval_clips: int = 8
     eval_frames: int = 33
     train: OptimConfig = field(
@@ -83,6 +88,11 @@ class PackerRunConfig:
                 raise ReadtalkError(
                     f"{name} must be {self.group}k+1 with k >= 1 (e.g. 33), got {v}"
                 )
+        if self.unroll < 1 or self.unroll > (self.window - 1) // self.group:
+            raise ReadtalkError(
+                f"unroll must be 1..{(self.window - 1) // self.group} (the groups in a window of "
+                f"{self.window} frames), got {self.unroll}"
+            )
         if self.clips < 0:
             raise ReadtalkError(f"clips must be >= 0, got {self.clips}")
         if self.deviation_weight < 0 or not 0 <= self.context_dropout < 1:
@@ -196,11 +206,21 @@ def train_packer(
     part = dist.share(tc.batch_size)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.from_numpy(rng.integers(len(runs), size=tc.batch_size))[part]
+        n_chain = cfg.unroll
+        clip = rng.integers(n, size=tc.batch_size)
+        first = rng.integers(per_clip - n_chain + 1, size=tc.batch_size)
+        idx = torch.from_numpy(clip * per_clip + first)[part]  # each chain's first group
         have = torch.from_numpy(rng.random(tc.batch_size) >= cfg.context_dropout)[part]
-        x, prev = runs[idx].to(run.device), prevs[idx].to(run.device)
-        y = packer.decode(packer.encode(x, prev), prev, have.to(run.device))
-        return group_loss(y, x, cfg.deviation_weight)
+        have = have.to(run.device)
+        last = prevs[idx].to(run.device)  # the decoder's context: true, then its own
+        out: dict[str, torch.Tensor] = {}
+        for k in range(n_chain):
+            x, prev = runs[idx + k].to(run.device), prevs[idx + k].to(run.device)
+            y = packer.decode(packer.encode(x, prev), last, have if k == 0 else None)
+            last = y[:, -1]
+            for key, v in group_loss(y, x, cfg.deviation_weight).items():
+                out[key] = out.get(key, 0) + v / n_chain
+        return out
 
     test_lat = None
     if test:  # held-out per-frame latents, for the latent MSE of a whole round trip
