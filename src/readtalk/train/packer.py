@@ -18,6 +18,7 @@ reports the held-out latent MSE. The result is ``vae.safetensors`` (a ``Factoris
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,6 @@ import torch
 from tqdm import tqdm
 
 from readtalk.config import to_dict
-from readtalk.data.cache import file_sha256
 from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
 from readtalk.media import read_video
@@ -118,6 +118,16 @@ def encode_frames(
     return torch.stack(out)
 
 
+def state_sha256(module: torch.nn.Module) -> str:
+    """A hash of a module's weights as float32 (the same for a release stored in float16 and
+    its float32 copy inside a factorised VAE), naming the frame VAE a latent file belongs to."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def group_loss(y: torch.Tensor, x: torch.Tensor, deviation_weight: float) -> dict:
     """MSE of (B, g, C, h, w) latents plus the weighted MSE of each frame's deviation from its
     group's mean."""
@@ -143,7 +153,6 @@ def train_packer(
     if start is not None:
         frame = start.frame.eval()
         fcfg = dataclasses.replace(start.config, residual=cfg.residual)
-        source = Path(cfg.init)
     else:
         frame = VideoVAE.load(cfg.vae).eval()
         fcfg = FactorisedConfig(
@@ -153,7 +162,6 @@ def train_packer(
             group=cfg.group,
             residual=cfg.residual,
         )
-        source = Path(cfg.vae)
     for p in frame.parameters():
         p.requires_grad_(False)
     fvae = FactorisedVAE(fcfg, frame=frame)
@@ -170,7 +178,7 @@ def train_packer(
     train_recs = train_recs[: cfg.clips] if cfg.clips else train_recs
 
     # the training clips' per-frame latents: encoded once, kept in the run folder
-    key = {"vae_sha256": file_sha256(source), "ids": [r["id"] for r in train_recs]}
+    key = {"frame_vae_sha256": state_sha256(frame), "ids": [r["id"] for r in train_recs]}
     key["window"] = cfg.window
     path = run.root / LATENTS
     lat = None
