@@ -70,6 +70,12 @@ def test_decoding_after_a_prefix(fvae):
     assert not torch.allclose(torch.cat(runs, 2), torch.cat(bare, 2), atol=1e-4)
     with pytest.raises(ReadtalkError, match="does not match"):
         list(fvae.iter_decode(z[:, :, 4:], prefix=z[:, :, :2, :1]))
+    # with a state carried from the first call, the second continues exactly from the frame
+    # the first one showed: the two calls equal one decode of the whole sequence
+    state: dict = {}
+    head = list(fvae.iter_decode(z[:, :, :4], state=state))
+    tail = list(fvae.iter_decode(z[:, :, 4:], prefix=z[:, :, :4], state=state))
+    assert torch.allclose(torch.cat(head + tail, 2), fvae.decode(z), atol=1e-5)
 
 
 def test_context_flag_and_dropout_mask():

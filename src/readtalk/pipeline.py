@@ -614,6 +614,7 @@ class Pipeline:
         keep = min(st["decode_context"], self.vae.config.decoder_context)
         carry = keep > 0 and self.vae.config.decoder_causal
         history: Tensor | None = None  # the last ``keep`` latents decoded so far
+        decode_state: dict = {}  # what the VAE carries from one clip's decoding to the next
         try:
             for window, z in zip(plan, clips, strict=True):
                 latent = self._denormalize(z.float()).to(dt)
@@ -627,7 +628,8 @@ class Pipeline:
                 if carry:
                     seq = latent if prefix is None else torch.cat([prefix, latent], dim=2)
                     history = seq[:, :, -keep:]
-                for run in self.vae.iter_decode(latent, prefix=prefix):
+                state = decode_state if carry else None
+                for run in self.vae.iter_decode(latent, prefix=prefix, state=state):
                     a, b = done, done + run.shape[2]
                     done = b
                     if ov:

@@ -298,6 +298,7 @@ class FactorisedVAE(LatentCodec):
         context: int | None = None,
         clamp: bool = True,
         prefix: Tensor | None = None,
+        state: dict | None = None,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latents at a time (default 2), yielding runs of video frames.
 
@@ -305,7 +306,13 @@ class FactorisedVAE(LatentCodec):
         video generated clip by clip); only their last ``context`` (default 2) are used, the
         first of them decoded without a context, and nothing of them is yielded; ``latent``
         then continues after them, 8 frames per latent. The packer is cheap and recurrent, so
-        the result approximates (does not equal) decoding the whole sequence at once."""
+        the result approximates (does not equal) decoding the whole sequence at once.
+
+        ``state``: a dict carried from one call to the next along one video. Each call leaves
+        the last frame it decoded in it (``state["last"]``, a standardised per-frame latent),
+        and a later call with a ``prefix`` continues from that frame instead of decoding the
+        prefix again: exactly from what was shown, which the residual decoder needs (its
+        errors carry along the chain, so a fresh decode of the prefix ends elsewhere)."""
         self.check_latent(latent)
         if piece is not None and piece < 1:
             raise ReadtalkError(f"piece must be at least 1 latent frame, got {piece}")
@@ -322,19 +329,30 @@ class FactorisedVAE(LatentCodec):
                     f"{tuple(latent.shape)}"
                 )
             first = False
-            if keep > 0:
+            if state is not None and state.get("last") is not None:
+                last = state["last"].to(latent.device, self.dtype)
+            elif keep > 0:
                 for run in self.unpack(prefix[:, :, -keep:].to(self.dtype), None, False):
                     last = run[:, -1]
-        return self._iter_decode(latent.to(self.dtype), last, first, piece, clamp)
+        return self._iter_decode(latent.to(self.dtype), last, first, piece, clamp, state)
 
     def _iter_decode(
-        self, latent: Tensor, last: Tensor | None, first: bool, piece: int, clamp: bool
+        self,
+        latent: Tensor,
+        last: Tensor | None,
+        first: bool,
+        piece: int,
+        clamp: bool,
+        state: dict | None,
     ) -> Iterator[Tensor]:
         buf: list[Tensor] = []
         for i, run in enumerate(self.unpack(latent, last, first)):
             buf.append(run)
             if len(buf) == piece or i == latent.shape[2] - 1:
-                yield self.decode_frames(torch.cat(buf, dim=1), clamp)
+                frames = torch.cat(buf, dim=1)
+                if state is not None:
+                    state["last"] = frames[:, -1]
+                yield self.decode_frames(frames, clamp)
                 buf = []
 
     def decode(self, latent: Tensor, *, clamp: bool = True, piece: int | None = None) -> Tensor:

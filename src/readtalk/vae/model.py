@@ -678,6 +678,7 @@ class VideoVAE(LatentCodec):
         context: int | None = None,
         clamp: bool = True,
         prefix: Tensor | None = None,
+        state: dict | None = None,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latent frames at a time, yielding consecutive runs of video frames.
 
@@ -701,6 +702,9 @@ class VideoVAE(LatentCodec):
         then continues the prefix's video, 8 frames per latent frame (``8 f`` in all, no single
         first frame), exactly as if ``cat([prefix, latent])`` were decoded whole and the prefix's
         frames cut off (causal decoders only; with the last ``context`` prefix latents).
+
+        ``state`` (a dict carried along one video) is accepted for the factorised VAE's sake
+        and left alone: this decoder needs nothing beyond the prefix.
         """
         self.check_latent(latent)
         piece, left = _piece_args(piece, context, self.config.decoder_context)
