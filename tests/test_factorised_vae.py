@@ -93,6 +93,12 @@ def test_bad_inputs_are_one_line_errors(fvae):
         fvae.encode(_video(16))
     with pytest.raises(ReadtalkError, match="multiple of 32"):
         fvae.encode(torch.zeros(1, 3, 9, 48, 64))
+    late = _video(17)
+    late[:, :, 12] = float("nan")  # every frame is checked, not only the first
+    with pytest.raises(ReadtalkError, match="NaN"):
+        fvae.encode(late)
+    with pytest.raises(ReadtalkError, match=r"\[-1, 1\]"):
+        fvae.encode(_video(17) * 3)
     with pytest.raises(ReadtalkError, match="deterministic"):
         fvae.encode(_video(9), sample=True)
     with pytest.raises(ReadtalkError, match="latent must be"):

@@ -112,7 +112,7 @@ def encode_frames(
             continue
         x = to_tensor(np.ascontiguousarray(fit_size(video[:frames], size)))[None]
         fvae.check_video(x)
-        out.append(fvae._unstd(fvae.frame_latents(x))[0])
+        out.append(fvae.frame_means(x)[0])
     if not out:
         raise ReadtalkError(f"no training clip has {frames} frames; lower window")
     return torch.stack(out)

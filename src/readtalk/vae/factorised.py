@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from readtalk.errors import ReadtalkError
 from readtalk.vae.model import (
-    HALF,
     READTALK_FORMAT,
     LatentCodec,
     VAEConfig,
@@ -51,8 +50,11 @@ from readtalk.vae.model import (
     _peek,
     _read,
     _require,
+    assign_state,
     check_video_shape,
+    check_video_values,
     save_atomic,
+    set_channel_stats,
 )
 
 FACTORISED_FORMAT = "readtalk-fvae/1"
@@ -209,8 +211,10 @@ class FactorisedVAE(LatentCodec):
 
     def check_video(self, video: Tensor) -> None:
         check_video_shape(video)
+        if not video.is_floating_point():
+            raise ReadtalkError(f"video must be float in [-1, 1], got {video.dtype}")
         self.config.latent_shape(*video.shape[2:])  # frames 8k+1, sizes multiples of 32
-        self.frame.check_video(video[:, :, :1])  # dtype and value range
+        check_video_values(video)
 
     def check_latent(self, latent: Tensor) -> None:
         self.frame.check_latent(latent)  # same channel count by construction
@@ -223,17 +227,20 @@ class FactorisedVAE(LatentCodec):
     def _unstd(self, s: Tensor) -> Tensor:
         return s * self.frame_std.view(-1, 1, 1) + self.frame_mean.view(-1, 1, 1)
 
-    def frame_latents(self, video: Tensor) -> Tensor:
-        """(B, 3, F, H, W) -> (B, F, C, h, w): every frame encoded alone (posterior mean),
-        standardised. No checks (``encode`` runs them)."""
+    def frame_means(self, video: Tensor) -> Tensor:
+        """(B, 3, F, H, W) -> (B, F, C, h, w): every frame encoded alone by the frame VAE
+        (posterior mean, as it comes). No checks (``encode`` runs them)."""
         b, _, f, hh, ww = video.shape
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, 3, 1, hh, ww)
         out = [
             self.frame._split(self.frame._encoder(frames[i : i + FRAME_CHUNK]))[0][:, :, 0]
             for i in range(0, b * f, FRAME_CHUNK)
         ]
-        z = torch.cat(out).to(self.dtype)
-        return self._std(z).unflatten(0, (b, f))
+        return torch.cat(out).to(self.dtype).unflatten(0, (b, f))
+
+    def frame_latents(self, video: Tensor) -> Tensor:
+        """``frame_means``, standardised: what the packer takes."""
+        return self._std(self.frame_means(video))
 
     def decode_frames(self, s: Tensor, clamp: bool = True) -> Tensor:
         """(B, n, C, h, w) standardised per-frame latents -> video (B, 3, n, H, W)."""
@@ -381,12 +388,12 @@ class FactorisedVAE(LatentCodec):
 
     @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
-        _set_stats(self.latents_mean, self.latents_std, mean, std, "latent")
+        set_channel_stats(self.latents_mean, self.latents_std, mean, std, "latent")
 
     @torch.no_grad()
     def set_frame_stats(self, mean: Tensor, std: Tensor) -> None:
         """Per-channel statistics of the frame VAE's latents (measured on training frames)."""
-        _set_stats(self.frame_mean, self.frame_std, mean, std, "frame latent")
+        set_channel_stats(self.frame_mean, self.frame_std, mean, std, "frame latent")
 
     # ---- release format
 
@@ -407,35 +414,9 @@ class FactorisedVAE(LatentCodec):
             config = FactorisedConfig.from_dict(json.loads(meta["config"]))
         except (KeyError, TypeError, json.JSONDecodeError, AttributeError) as e:
             raise ReadtalkError(f"{path}: unreadable factorised VAE config ({e})") from None
-        state = _read(path, keys)
         vae = cls(config, meta=True)
-        expected = vae.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if missing or unexpected or shapes:
-            first = (missing or unexpected or shapes)[0]
-            raise ReadtalkError(
-                f"{path} does not match its factorised VAE config: {len(missing)} missing, "
-                f"{len(unexpected)} unexpected, {len(shapes)} of other shape (e.g. {first})"
-            )
-        if dtype is not None:
-            state = {k: v.to(dtype) for k, v in state.items()}
-        else:
-            state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
-        vae.load_state_dict(state, strict=True, assign=True)
+        assign_state(vae, _read(path, keys), str(path), f"{config.name!r} factorised VAE", dtype)
         return vae
-
-
-def _set_stats(dst_mean: Tensor, dst_std: Tensor, mean: Tensor, std: Tensor, what: str) -> None:
-    c = dst_mean.numel()
-    mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
-    if mean.numel() != c or std.numel() != c:
-        raise ReadtalkError(f"{what} statistics need {c} values per channel")
-    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise ReadtalkError(f"{what} statistics must be finite with std > 0")
-    dst_mean.copy_(mean)
-    dst_std.copy_(std)
 
 
 def load_vae(

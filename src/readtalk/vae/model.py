@@ -523,6 +523,64 @@ def check_video_shape(video: Tensor) -> None:
         raise ReadtalkError(f"video must be a (B, 3, F, H, W) tensor, got {shape}")
 
 
+def check_video_values(video: Tensor) -> None:
+    """Finite, and in [-1, 1] give or take the overshoot of a decoder's output."""
+    _check_values(video, "video")
+    lo, hi = video.min().item(), video.max().item()
+    if lo < -1.5 or hi > 1.5:
+        raise ReadtalkError(
+            f"video values must lie in [-1, 1] (pixels / 127.5 - 1); found {lo:g}..{hi:g}"
+        )
+
+
+def set_channel_stats(
+    dst_mean: Tensor, dst_std: Tensor, mean: Tensor, std: Tensor, what: str
+) -> None:
+    """Copy per-channel statistics into two buffers after checking count, finiteness, std > 0."""
+    c = dst_mean.numel()
+    mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+    if mean.numel() != c or std.numel() != c:
+        raise ReadtalkError(f"{what} statistics need {c} values per channel")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ReadtalkError(f"{what} statistics must be finite with std > 0")
+    dst_mean.copy_(mean)
+    dst_std.copy_(std)
+
+
+def assign_state(
+    module: nn.Module,
+    state: dict[str, Tensor],
+    source: str,
+    layout: str,
+    dtype: torch.dtype | None,
+) -> None:
+    """Check ``state`` against a meta-device ``module``'s every name and shape (one line naming
+    what differs, against ``layout``), cast it (``dtype``; None: half precision to float32, as
+    ``readtalk export`` stores it) and assign it."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} of other shape (e.g. {shapes[0]})")
+        raise ReadtalkError(f"{source} does not match the {layout} layout: {'; '.join(parts)}")
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    else:
+        state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+
+
 def save_atomic(path: Path, state: dict[str, Tensor], meta: dict[str, str]) -> Path:
     """Write ``state`` as one safetensors file with ``meta``; it appears only once complete."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -570,12 +628,7 @@ class VideoVAE(LatentCodec):
             raise ReadtalkError(f"video must be float in [-1, 1], got {video.dtype}")
         _, _, f, h, w = video.shape
         _check_frames_and_size(f, h, w, self.temporal_factor, self.spatial_factor)
-        _check_values(video, "video")
-        lo, hi = video.min().item(), video.max().item()
-        if lo < -1.5 or hi > 1.5:
-            raise ReadtalkError(
-                f"video values must lie in [-1, 1] (pixels / 127.5 - 1); found {lo:g}..{hi:g}"
-            )
+        check_video_values(video)
 
     def check_latent(self, latent: Tensor) -> None:
         """Raise a one-line ReadtalkError unless ``latent`` is a valid ``(B, C, f, h, w)``."""
@@ -778,14 +831,7 @@ class VideoVAE(LatentCodec):
     @torch.no_grad()
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store per-channel latent statistics (e.g. measured on encoded training clips)."""
-        c = self.latent_channels
-        mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
-        if mean.numel() != c or std.numel() != c:
-            raise ReadtalkError(f"latent statistics need {c} values per channel")
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-            raise ReadtalkError("latent statistics must be finite with std > 0")
-        self.ae.latents_mean.copy_(mean)
-        self.ae.latents_std.copy_(std)
+        set_channel_stats(self.ae.latents_mean, self.ae.latents_std, mean, std, "latent")
 
     # ---- our release format
 
@@ -919,29 +965,7 @@ class VideoVAE(LatentCodec):
             state["latents_mean"] = torch.zeros(c)
         if "latents_std" not in state and "latents_std" in expected:
             state["latents_std"] = torch.ones(c)
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in state and state[k].shape != v.shape
-        ]
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-            if shapes:
-                parts.append(f"{len(shapes)} of other shape (e.g. {shapes[0]})")
-            raise ReadtalkError(
-                f"{source} does not match the {config.name!r} VAE layout: {'; '.join(parts)}"
-            )
-        if dtype is not None:
-            state = {k: v.to(dtype) for k, v in state.items()}
-        else:  # half-precision files (readtalk export) load as float32
-            state = {k: v.float() if v.dtype in HALF else v for k, v in state.items()}
-        vae.ae.load_state_dict(state, strict=True, assign=True)
+        assign_state(vae.ae, state, source, f"{config.name!r} VAE", dtype)
         return vae
 
 
