@@ -1,0 +1,65 @@
+"""scripts/train_demo.sh: the demo model's whole training recipe, end to end at debug sizes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from readtalk.pipeline import Pipeline
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo.sh"
+STAGES = ["data", "speechae", "frame-vae", "packer", "packer-chains", "cache", "dit"]
+TINY = {  # every stage at debug size, two steps
+    "CLIPS": "6", "SIZE": "64", "FRAMES": "65",
+    "SYNTH_ARGS": "--identities 3 --test-fraction 0.34 --workers 1",
+    "SPEECH_SIZE": "debug", "SPEECH_STEPS": "2",
+    "VAE_PRESET": "debug", "VAE_STEPS": "2", "VAE_EVAL_CLIPS": "1",
+    "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "PACKER_WINDOW": "33", "PACKER_EVAL_CLIPS": "1",
+    "WINDOW": "17", "DIT_SIZE": "debug", "DIT_STEPS": "2", "DIT_EVAL_EVERY": "2",
+    "DIT_SAMPLES": "1", "QUIET": "1", "THREADS": "1",
+}  # fmt: skip
+
+
+def run(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **TINY,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DATA": str(tmp_path / "data"),
+        "RUNS": str(tmp_path / "runs"),
+        **extra,
+    }
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
+    r = run(tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    times = (tmp_path / "runs" / "times.tsv").read_text().split("\n")
+    assert [line.split("\t")[0] for line in times if line] == STAGES
+    model = tmp_path / "runs" / "model"
+    pipe = Pipeline.from_pretrained(model)
+    assert pipe.settings()["steps"] == 4  # the shipped model's sampling default
+    # a second run skips every finished stage
+    again = run(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count(": done (") == len(STAGES) + 1  # + export
+
+    # an interrupted stage resumes: drop the DiT's release, keep its checkpoints
+    (tmp_path / "runs" / "dit" / "dit.safetensors").unlink()
+    (model / "pipeline.json").unlink()
+    resumed = run(tmp_path, DIT_STEPS="3")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "== dit\n" in resumed.stdout and (model / "pipeline.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_failing_stage_stops_the_recipe(tmp_path):
+    r = run(tmp_path, SPEECH_SIZE="no-such-size")
+    assert r.returncode != 0
+    assert "error: unknown SpeechAE size 'no-such-size'" in r.stderr
+    assert not (tmp_path / "runs" / "frame-vae").exists()  # nothing after the failed stage ran
