@@ -21,7 +21,9 @@ CLIPS=${CLIPS:-1000}
 SIZE=${SIZE:-256}
 FRAMES=${FRAMES:-121}
 SYNTH_ARGS=${SYNTH_ARGS:-}  # more readtalk synth options, e.g. "--workers 4"
-# SpeechAE
+# speech: raw (the demo's: Whisper features straight into the DiT, READ's "SpeechAE absent";
+# no training) or pretrain (the SpeechAE, READ's default; docs/results.md, table 2)
+SPEECH_MODE=${SPEECH_MODE:-raw}
 SPEECH_SIZE=${SPEECH_SIZE:-small}
 SPEECH_STEPS=${SPEECH_STEPS:-4000}
 # frame VAE (single frames: phase 1 of docs/stage1.md)
@@ -67,8 +69,8 @@ stage data "$DATA/manifest.jsonl" "" -- \
     "$RT" synth --out "$DATA" --clips "$CLIPS" --size "$SIZE" --frames "$FRAMES" --seed 0 $SYNTH_ARGS
 
 stage speechae "$RUNS/speech/speechae.safetensors" "$RUNS/speech" -- \
-    "$RT" train speech --data "$DATA" --out "$RUNS/speech" --steps "$SPEECH_STEPS" \
-    --set size="$SPEECH_SIZE" --set train.batch_size=16 --set train.eval_every=1000 \
+    "$RT" train speech --data "$DATA" --out "$RUNS/speech" --mode "$SPEECH_MODE" \
+    --steps "$SPEECH_STEPS" --set size="$SPEECH_SIZE" --set train.batch_size=16 --set train.eval_every=1000 \
     --set train.threads="$THREADS"
 
 stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \

@@ -59,7 +59,7 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_a_failing_stage_stops_the_recipe(tmp_path):
-    r = run(tmp_path, SPEECH_SIZE="no-such-size")
+    r = run(tmp_path, SPEECH_MODE="pretrain", SPEECH_SIZE="no-such-size")
     assert r.returncode != 0
     assert "error: unknown SpeechAE size 'no-such-size'" in r.stderr
     assert not (tmp_path / "runs" / "frame-vae").exists()  # nothing after the failed stage ran
