@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from readtalk.data.manifest import load_manifest
-from readtalk.eval.results import ResultsConfig, _clips, _row, _score, generate_set
+from readtalk.eval.results import ResultsConfig, score_set
 from readtalk.pipeline import Pipeline
 
 
@@ -38,15 +38,14 @@ def main() -> None:
     rows = json.loads(book.read_text()) if book.is_file() else []
     pipe = Pipeline.from_pretrained(a.model)
     tests = load_manifest(a.data, "test")[: a.clips]
-    cfg = ResultsConfig(syncnet=a.syncnet)
+    cfg = ResultsConfig(syncnet=a.syncnet, seed=a.seed)
     for alpha in [float(x) for x in a.alpha.split(",")]:
         for beta in [float(x) for x in a.beta.split(",")]:
             if any(r["alpha"] == alpha and r["beta"] == beta for r in rows):
                 continue
             name = f"a{alpha:g}_b{beta:g}"
-            t = generate_set(pipe, tests, out / name, True, seed=a.seed, steps=a.steps,
-                             guidance="split", alpha=alpha, beta=beta)  # fmt: skip
-            row = _row(_score(out / name, a.data, out / f"eval_{name}", cfg, **_clips(pipe)), t)
+            row = score_set(pipe, tests, a.data, out, name, cfg, True, steps=a.steps,
+                            guidance="split", alpha=alpha, beta=beta)  # fmt: skip
             shutil.rmtree(out / name)
             rows.append({"alpha": alpha, "beta": beta, "steps": a.steps, "clips": len(tests)} | row)
             tmp = book.with_suffix(".partial")

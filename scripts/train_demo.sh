@@ -49,7 +49,8 @@ q=()
 mkdir -p "$RUNS"
 times="$RUNS/times.tsv"
 
-# stage NAME DONE_FILE RUN_DIR -- command...: skip when DONE_FILE exists, resume when RUN_DIR does
+# stage NAME DONE_FILE RUN_DIR -- command...: skip when DONE_FILE exists, resume (--resume) when
+# RUN_DIR holds a started run; the stage's seconds go to times.tsv
 stage() {
     local name=$1 done=$2 run=$3
     shift 4
@@ -61,55 +62,51 @@ stage() {
     [ -n "$run" ] && [ -f "$run/config.yaml" ] && resume=(--resume)
     echo "== $name"
     local t0=$SECONDS
-    "$@" "${resume[@]}" "${q[@]}"
+    "$@" "${resume[@]}"
     printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$times"
 }
 
 stage data "$DATA/manifest.jsonl" "" -- \
-    "$RT" synth --out "$DATA" --clips "$CLIPS" --size "$SIZE" --frames "$FRAMES" --seed 0 $SYNTH_ARGS
+    "$RT" synth "${q[@]}" --out "$DATA" --clips "$CLIPS" --size "$SIZE" --frames "$FRAMES" --seed 0 $SYNTH_ARGS
 
 stage speechae "$RUNS/speech/speechae.safetensors" "$RUNS/speech" -- \
-    "$RT" train speech --data "$DATA" --out "$RUNS/speech" --mode "$SPEECH_MODE" \
+    "$RT" train speech "${q[@]}" --data "$DATA" --out "$RUNS/speech" --mode "$SPEECH_MODE" \
     --steps "$SPEECH_STEPS" --set size="$SPEECH_SIZE" --set train.batch_size=16 --set train.eval_every=1000 \
     --set train.threads="$THREADS"
 
 stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
-    "$RT" train vae --data "$DATA" --out "$RUNS/frame-vae" --preset "$VAE_PRESET" \
+    "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/frame-vae" --preset "$VAE_PRESET" \
     --steps "$VAE_STEPS" --set clip_frames=1 --set train.batch_size=16 --set eval_frames=1 \
     --set eval_clips="$VAE_EVAL_CLIPS" --set train.lr=1e-3 --set train.warmup=20 \
     --set train.eval_every=200 --set train.threads="$THREADS"
 
 stage packer "$RUNS/packer/vae.safetensors" "$RUNS/packer" -- \
-    "$RT" train packer --data "$DATA" --vae "$RUNS/frame-vae/vae.safetensors" \
+    "$RT" train packer "${q[@]}" --data "$DATA" --vae "$RUNS/frame-vae/vae.safetensors" \
     --out "$RUNS/packer" --steps "$PACKER_STEPS" --set clips=0 --set residual=true \
     --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.threads="$THREADS"
 
 stage packer-chains "$RUNS/fvae/vae.safetensors" "$RUNS/fvae" -- \
-    "$RT" train packer --data "$DATA" --out "$RUNS/fvae" --steps "$CHAIN_STEPS" \
+    "$RT" train packer "${q[@]}" --data "$DATA" --out "$RUNS/fvae" --steps "$CHAIN_STEPS" \
     --set init="$RUNS/packer/vae.safetensors" --set train_encoder=false --set residual=true \
     --set unroll="$CHAIN_UNROLL" --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.lr=5e-4 --set train.threads="$THREADS"
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \
-    "$RT" cache --data "$DATA" --vae "$RUNS/fvae/vae.safetensors" --speech "$RUNS/speech" \
+    "$RT" cache "${q[@]}" --data "$DATA" --vae "$RUNS/fvae/vae.safetensors" --speech "$RUNS/speech" \
     --out "$RUNS/cache" --frames "$WINDOW"
 
 stage dit "$RUNS/dit/dit.safetensors" "$RUNS/dit" -- \
-    "$RT" train dit --cache "$RUNS/cache" --out "$RUNS/dit" --size "$DIT_SIZE" \
+    "$RT" train dit "${q[@]}" --cache "$RUNS/cache" --out "$RUNS/dit" --size "$DIT_SIZE" \
     --steps "$DIT_STEPS" --set samples="$DIT_SAMPLES" --set train.eval_every="$DIT_EVAL_EVERY" \
     --set train.lr=5e-4 --set diffusion.motion_weight=3 --set train.warmup=100 \
     --set train.ckpt_every=100 --set train.threads="$THREADS"
 
-# export writes the model folder at once; no progress bar to silence
-if [ -e "$MODEL/pipeline.json" ]; then
-    echo "== export: done ($MODEL)"
-else
-    echo "== export"
+# export writes the model folder in seconds (no progress bar, so no --quiet)
+stage export "$MODEL/pipeline.json" "" -- \
     "$RT" export --vae "$RUNS/fvae/vae.safetensors" --speech "$RUNS/speech" --dit "$RUNS/dit" \
-        --out "$MODEL" --set steps=4
-fi
+    --out "$MODEL" --set steps=4
 
 echo "model: $MODEL (stage seconds in $times)"
 echo "try it:  $RT demo --model $MODEL    score it:  $RT bench results --model $MODEL --data $DATA --tables main --out results/recipe"

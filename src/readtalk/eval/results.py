@@ -106,6 +106,16 @@ def _clips(pipe) -> dict:
     return {"clip_frames": st["clip_frames"], "motion_latents": st["motion_latents"]}
 
 
+def score_set(
+    pipe, records: list[dict], ref, out: Path, name: str, cfg: ResultsConfig, progress: bool, **kw
+) -> dict:
+    """Generate ``out/name/<id>.mp4`` for ``records`` (``kw``: generation settings), score them
+    against ``ref`` into ``out/eval_<name>`` with seams at the model's own clip boundaries, and
+    return one table row (the report's metrics and the timing)."""
+    t = generate_set(pipe, records, out / name, progress, seed=cfg.seed, **kw)
+    return _row(_score(out / name, ref, out / f"eval_{name}", cfg, **_clips(pipe)), t)
+
+
 def _row(report: dict, timing: dict) -> dict:
     row = {k: report[k] for k in ROW_KEYS if k in report}
     return {**row, **timing}
@@ -209,14 +219,10 @@ def run_results(
     book = _Progress(out, base, progress)
     main_kw = {"steps": cfg.main_steps} if cfg.main_steps else {}
 
-    def scored(pipe_, name: str, records, ref, clips, **kw) -> dict:
-        t = generate_set(pipe_, records, out / name, progress, seed=cfg.seed, **kw)
-        return _row(_score(out / name, ref, out / f"eval_{name}", cfg, **clips), t)
-
     # 1. main table
     if "main" in cfg.tables:
         res["main"] = book.row(
-            "main", lambda: scored(pipe, "main", tests, data, clips_kw, **main_kw)
+            "main", lambda: score_set(pipe, tests, data, out, "main", cfg, progress, **main_kw)
         )
         book.save(res)
 
@@ -228,7 +234,7 @@ def run_results(
             name = f"{g}_{s}"
 
             def cell(name=name, g=g, s=s) -> dict:
-                row = scored(pipe, name, grid, data, clips_kw, steps=s, guidance=g)
+                row = score_set(pipe, grid, data, out, name, cfg, progress, steps=s, guidance=g)
                 shutil.rmtree(out / name)  # keep the folder small: the metrics stay
                 return row
 
@@ -273,7 +279,7 @@ def run_results(
 
         def abl_row(name=name, mdir=mdir) -> dict:
             other = Pipeline.from_pretrained(mdir, device=cfg.device)
-            return scored(other, f"abl_{name}", tests, data, _clips(other), **main_kw)
+            return score_set(other, tests, data, out, f"abl_{name}", cfg, progress, **main_kw)
 
         row = book.row(f"abl_{name}", abl_row, {"ablation": _model_fingerprint(mdir)})
         res["ablations"].append({"name": name, "model": str(mdir), **row})
