@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from readtalk.data.manifest import load_manifest
+from readtalk.errors import ReadtalkError
 from readtalk.eval.results import ResultsConfig, score_set
 from readtalk.pipeline import Pipeline
 
@@ -59,4 +60,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ReadtalkError as e:
+        raise SystemExit(f"error: {e}") from None
