@@ -36,6 +36,10 @@ CHAIN_STEPS=${CHAIN_STEPS:-1000}
 CHAIN_UNROLL=${CHAIN_UNROLL:-4}  # groups per training chain
 PACKER_WINDOW=${PACKER_WINDOW:-33}
 PACKER_EVAL_CLIPS=${PACKER_EVAL_CLIPS:-16}
+# the frame decoder fine-tuned on single frames with a mouth-weighted loss (the encoder, and so
+# the latents, kept): the mouth comes back sharp enough for the mouth reader
+DECODER_STEPS=${DECODER_STEPS:-600}
+MOUTH_WEIGHT=${MOUTH_WEIGHT:-10}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
@@ -92,9 +96,16 @@ stage packer-chains "$RUNS/fvae/vae.safetensors" "$RUNS/fvae" -- \
     --set unroll="$CHAIN_UNROLL" --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.lr=5e-4 --set train.threads="$THREADS"
 
+stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
+    "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/fdec" --init "$RUNS/fvae/vae.safetensors" \
+    --steps "$DECODER_STEPS" --set train_encoder=false --set clip_frames=1 \
+    --set mouth_weight="$MOUTH_WEIGHT" --set train.batch_size=16 --set train.lr=3e-4 \
+    --set train.warmup=20 --set train.eval_every=200 --set eval_clips="$PACKER_EVAL_CLIPS" \
+    --set eval_frames="$PACKER_WINDOW" --set train.threads="$THREADS"
+
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \
-    "$RT" cache "${q[@]}" --data "$DATA" --vae "$RUNS/fvae/vae.safetensors" --speech "$RUNS/speech" \
+    "$RT" cache "${q[@]}" --data "$DATA" --vae "$RUNS/fdec/vae.safetensors" --speech "$RUNS/speech" \
     --out "$RUNS/cache" --frames "$WINDOW"
 
 stage dit "$RUNS/dit/dit.safetensors" "$RUNS/dit" -- \
@@ -105,7 +116,7 @@ stage dit "$RUNS/dit/dit.safetensors" "$RUNS/dit" -- \
 
 # export writes the model folder in seconds (no progress bar, so no --quiet)
 stage export "$MODEL/pipeline.json" "" -- \
-    "$RT" export --vae "$RUNS/fvae/vae.safetensors" --speech "$RUNS/speech" --dit "$RUNS/dit" \
+    "$RT" export --vae "$RUNS/fdec/vae.safetensors" --speech "$RUNS/speech" --dit "$RUNS/dit" \
     --out "$MODEL" --set steps=4
 
 echo "model: $MODEL (stage seconds in $times)"

@@ -163,3 +163,26 @@ def test_mouth_darkness_survives_blur_that_blinds_the_reader(synth_dataset):
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 6) for f in video])
     assert sum(read_mouth(f).gap > 0 for f in blurred) < len(video) // 4
     assert lipsync.pearson(gap, lipsync.mouth_darkness(blurred, (x, y))) > 0.7
+
+
+def test_a_still_mouth_is_counted_not_hidden(synth_dataset, preds, tmp_path, capsys):
+    """A video whose mouth never moves has no correlation to average: mouth_corr leaves it out,
+    mouth_still counts it, mouth_corr_all scores it 0."""
+    good, _, recs = preds
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(good / f"{recs[0]['id']}.mp4", mixed / f"{recs[0]['id']}.mp4")
+    frames = read_video(good / f"{recs[1]['id']}.mp4")
+    still = np.repeat(frames[:1], len(frames), axis=0)  # the first frame held: the mouth is still
+    write_video(mixed / f"{recs[1]['id']}.mp4", still, fps=25)
+    rep = evaluate(mixed, synth_dataset, tmp_path / "m", EvalConfig(), progress=False)
+    one = rep["videos"][recs[0]["id"]]["mouth_corr"]
+    assert rep["videos"][recs[1]["id"]]["mouth_corr"] is None
+    assert rep["videos"][recs[1]["id"]]["mouth_still"] and rep["mouth_still"] == 1
+    assert rep["mouth_corr"] == pytest.approx(one)
+    assert rep["mouth_corr_all"] == pytest.approx(one / 2)
+    assert main(["eval", "--pred", str(mixed), "--ref", str(synth_dataset), "--out",
+                 str(tmp_path / "cli"), "--quiet"]) == 0  # fmt: skip
+    assert "never moves in 1" in capsys.readouterr().out
+    good_rep = evaluate(good, synth_dataset, tmp_path / "g", EvalConfig(), progress=False)
+    assert good_rep["mouth_still"] == 0 and good_rep["mouth_corr_all"] == good_rep["mouth_corr"]

@@ -269,3 +269,50 @@ def test_pipeline_generates_with_a_factorised_vae(fvae, tmp_path):
     res = pipe(image, audio * 0.1, progress=False)
     assert res.frames.shape == (45, 64, 64, 3)
     assert res.frames.std() > 0
+
+
+def test_a_new_frame_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path, capsys):
+    """train vae with init= a factorised VAE and train_encoder=false: only the frame VAE's
+    decoder learns, on single frames; packer, statistics and every latent stay as they were,
+    and the release is a factorised VAE again."""
+    from readtalk.train.vae import VAERunConfig, train_vae
+
+    first = load_vae(
+        train_packer(_cfg(synth_dataset, frame_vae, 2), tmp_path / "a", progress=False)
+    )
+    tc = OptimConfig(steps=4, batch_size=2, lr=1e-2, warmup=1, eval_every=4, ckpt_every=2,
+                     log_every=1, threads=1)  # fmt: skip
+    cfg = VAERunConfig(data=str(synth_dataset), init=str(tmp_path / "a" / "vae.safetensors"),
+                       train_encoder=False, clip_frames=1, mouth_weight=10.0, eval_clips=1,
+                       eval_frames=17, train=tc)  # fmt: skip
+    second = load_vae(train_vae(cfg, tmp_path / "b", progress=False))
+    assert isinstance(second, FactorisedVAE)
+    x = _video(17)
+    with torch.no_grad():
+        assert torch.equal(first.encode(x), second.encode(x))
+        z = first.encode(x)
+        assert not torch.allclose(first.decode(z), second.decode(z))
+    for k, v in first.packer.state_dict().items():
+        assert torch.equal(second.packer.state_dict()[k], v)
+    assert torch.equal(first.latents_std, second.latents_std)
+    dec = {k for k, v in first.frame.state_dict().items()
+           if not torch.equal(v, second.frame.state_dict()[k])}  # fmt: skip
+    assert dec and all(k.startswith("ae.decoder.") for k in dec)
+    # a factorised VAE's encoder does not train here, and train_encoder=false needs init
+    args = [
+        "train",
+        "vae",
+        "--data",
+        str(synth_dataset),
+        "--out",
+        str(tmp_path / "c"),
+        "--init",
+        str(tmp_path / "a" / "vae.safetensors"),
+        "--steps",
+        "1",
+        "--quiet",
+    ]
+    assert main([*args, "--set", "clip_frames=1"]) == 2
+    assert "only its frame decoder" in capsys.readouterr().err
+    with pytest.raises(ReadtalkError, match="needs init"):
+        VAERunConfig(data=str(synth_dataset), train_encoder=False).validate()

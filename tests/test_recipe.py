@@ -11,13 +11,24 @@ import pytest
 from readtalk.pipeline import Pipeline
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo.sh"
-STAGES = ["data", "speechae", "frame-vae", "packer", "packer-chains", "cache", "dit", "export"]
+STAGES = [
+    "data",
+    "speechae",
+    "frame-vae",
+    "packer",
+    "packer-chains",
+    "frame-decoder",
+    "cache",
+    "dit",
+    "export",
+]
 TINY = {  # every stage at debug size, two steps
     "CLIPS": "6", "SIZE": "64", "FRAMES": "65",
     "SYNTH_ARGS": "--identities 3 --test-fraction 0.34 --workers 1",
     "SPEECH_SIZE": "debug", "SPEECH_STEPS": "2",
     "VAE_PRESET": "debug", "VAE_STEPS": "2", "VAE_EVAL_CLIPS": "1",
-    "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "PACKER_WINDOW": "33", "PACKER_EVAL_CLIPS": "1",
+    "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "DECODER_STEPS": "2", "PACKER_WINDOW": "33",
+    "PACKER_EVAL_CLIPS": "1",
     "WINDOW": "17", "DIT_SIZE": "debug", "DIT_STEPS": "2", "DIT_EVAL_EVERY": "2",
     "DIT_SAMPLES": "1", "QUIET": "1", "THREADS": "1",
 }  # fmt: skip

@@ -49,8 +49,8 @@ ANS_MODES = {  # name -> generation settings; each row changes one thing from th
     "plain": {"ans": False},
     "plain_no_context": {"ans": False, "decode_context": 0},
 }
-ROW_KEYS = ("mouth_corr", "mouth_mae", "av_offset", "sync_c", "sync_d", "identity", "psnr",
-            "ssim", "fid", "fvd", "seam_ratio")  # fmt: skip
+ROW_KEYS = ("mouth_corr", "mouth_still", "mouth_corr_all", "mouth_mae", "av_offset", "sync_c",
+            "sync_d", "identity", "psnr", "ssim", "fid", "fvd", "seam_ratio")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ key (``sync_c``, ``sync_d``, ``mouth_corr``, ``mouth_mae``, ``av_offset``, ``fid
 ``skipped`` (metric -> reason: missing weights, no ground truth, ...). Plots go beside it.
 
 Aggregates are means over videos (``av_offset``: the median); ``mouth_corr`` is the mean of the
-per-video Pearson correlations. Seam boundaries are where the pipeline starts a new clip
+per-video Pearson correlations, over the videos where the mouth reader sees the mouth move. A
+video whose mouth never moves for the reader (a constant track: nothing to correlate, e.g. a
+decoder that blurs the opening away) has no ``mouth_corr``; ``mouth_still`` counts those videos
+(where the true track moves) and ``mouth_corr_all`` is the mean over all videos with a moving
+true track, each still mouth counted as 0 (no lip sync). The two means differ only when
+``mouth_still`` > 0. Seam boundaries are where the pipeline starts a new clip
 (``plan_clips`` with the given clip length and motion latents), so ``seam_ratio`` is only
 defined for videos longer than one clip.
 """
@@ -116,6 +121,10 @@ def load_references(ref: str | Path) -> dict[str, Reference]:
 # ----------------------------------------------------------------------------------- one video
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _nan_to_none(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -166,6 +175,8 @@ def score_video(
         true_gap = ref.gap
         m = lipsync.mouth_sync(pred_gap, true_gap, cfg.max_offset)
         out.update(mouth_corr=m.corr, mouth_mae=m.mae, av_offset=m.offset)
+        n = min(len(pred_gap), len(true_gap))
+        out["mouth_still"] = bool(n > 1 and np.ptp(pred_gap[:n]) == 0 and np.ptp(true_gap[:n]) > 0)
         n = min(len(pred_gap), len(true_gap))
         extras.update(pred_gap=pred_gap[:n], true_gap=true_gap[:n])
         if gt is not None and gt.shape[1:] == pred.shape[1:]:
@@ -325,6 +336,12 @@ def evaluate(
                 skipped[key] = "no video could be scored"
             continue
         result[key] = float(np.median(vals)) if key == "av_offset" else float(np.mean(vals))
+    if "mouth_corr" not in skipped:
+        still = [v for v in videos.values() if v.get("mouth_still")]
+        scored = [v["mouth_corr"] for v in videos.values() if _finite(v.get("mouth_corr"))]
+        result["mouth_still"] = len(still)
+        if scored or still:
+            result["mouth_corr_all"] = float(np.sum(scored) / (len(scored) + len(still)))
     if fid_pred:
         from readtalk.eval.frechet import fid, fvd
 
@@ -454,6 +471,12 @@ def cmd_eval(a) -> None:
     for key in METRICS:
         if key in report:
             print(f"  {key:11s} {report[key]:.4f}")
+        if key == "mouth_corr" and report.get("mouth_still"):
+            print(
+                f"  {'':11s} over {report['count'] - report['mouth_still']} videos: the mouth "
+                f"never moves in {report['mouth_still']} (all videos, those as 0: "
+                f"{report['mouth_corr_all']:.4f})"
+            )
     for key, why in report["skipped"].items():
         print(f"  {key:11s} skipped: {why}")
 

@@ -34,6 +34,11 @@ class VAERunConfig:
     data: str = ""
     preset: str = "small"  # VAE size preset (readtalk.vae.model.VAE_PRESETS)
     init: str = ""  # weights to start from: our vae.safetensors, a diffusers folder, LTX file
+    # False (with ``init``): only the decoder learns, from the encoder's posterior means, so
+    # every latent stays exactly that of ``init`` and a latent cache and DiT made with it stay
+    # valid. ``init`` may then be a factorised VAE: its frame decoder is trained on single
+    # frames (clip_frames=1) and a factorised VAE is written, packer and statistics unchanged.
+    train_encoder: bool = True
     size: int = 0  # train at this frame size (0: the dataset's own); multiple of 32
     clip_frames: int = 17  # training window, 8k+1
     kl_weight: float = 1e-6
@@ -92,6 +97,8 @@ class VAERunConfig:
             )
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
+        if not self.train_encoder and not self.init:
+            raise ReadtalkError("train_encoder=false needs init= (the encoder to keep)")
         self.train.validate()
 
 
@@ -277,11 +284,23 @@ def is_synthtalk(data: str | Path) -> bool:
 
 
 def build_vae(cfg: VAERunConfig):
-    from readtalk.vae.model import VAE_PRESETS, VideoVAE
+    """The VAE to train: ``init``'s weights (our release, a diffusers folder, an LTX file) or a
+    fresh ``preset``. A factorised ``init`` gives the ``FactorisedVAE`` itself (its frame VAE is
+    what trains)."""
+    from readtalk.vae.factorised import FACTORISED_FORMAT, FactorisedVAE
+    from readtalk.vae.model import VAE_PRESETS, VideoVAE, _peek
 
     if cfg.init:
         init = Path(cfg.init)
         if init.is_file() and init.suffix == ".safetensors":
+            if _peek(init)[1].get("format") == FACTORISED_FORMAT:
+                if cfg.train_encoder or cfg.clip_frames != 1:
+                    raise ReadtalkError(
+                        f"{init} is a factorised VAE: only its frame decoder can be trained "
+                        "here (--set train_encoder=false --set clip_frames=1); its packer "
+                        "trains with readtalk train packer"
+                    )
+                return FactorisedVAE.load(init)
             try:
                 return VideoVAE.load(init)
             except ReadtalkError:
@@ -312,18 +331,32 @@ def train_vae(
     )
     from readtalk.vae.model import kl_loss
 
-    vae = build_vae(cfg).to(run.device)
-    run.log(f"VAE {vae.config} ({sum(p.numel() for p in vae.parameters()):,} parameters)")
-    opt = torch.optim.AdamW(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model = build_vae(cfg).to(run.device)  # what is evaluated and released
+    vae = getattr(model, "frame", model)  # the VideoVAE that trains (a factorised VAE's frames)
+    run.log(f"VAE {model.config} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    if not cfg.train_encoder:  # the latents stay those of init: only the decoder learns
+        model.requires_grad_(False)
+        vae.ae.decoder.requires_grad_(True)
+        run.log(
+            f"decoder only: {sum(p.numel() for p in vae.ae.decoder.parameters()):,} parameters "
+            "train, the encoder (and so every latent) is kept"
+        )
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator()
     part = dist.share(tc.batch_size)  # this rank's rows of the global batch (fit adds DDP)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         video = sampler.sample(tc.batch_size, rng, part).to(run.device)
-        mean, logvar = vae.encode_dist(video)
         gen.manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn((tc.batch_size, *mean.shape[1:]), generator=gen)[part]
-        z = mean + torch.exp(0.5 * logvar) * noise.to(run.device)
+        if cfg.train_encoder:
+            mean, logvar = vae.encode_dist(video)
+            noise = torch.randn((tc.batch_size, *mean.shape[1:]), generator=gen)[part]
+            z = mean + torch.exp(0.5 * logvar) * noise.to(run.device)
+        else:  # the decoder learns from what it is given at generation: posterior means
+            with torch.no_grad():
+                mean, logvar = vae.encode_dist(video)
+            z = mean
         recon = vae.decode(z, clamp=False)  # no clamp: it would zero gradients at the bounds
         err = recon - video
         err = err.abs() if cfg.loss == "l1" else err.pow(2)
@@ -350,7 +383,7 @@ def train_vae(
         vae,
         opt,
         loss_fn,
-        (lambda: evaluate_videos(vae, test, mouth=is_synthtalk(cfg.data))) if test else None,
+        (lambda: evaluate_videos(model, test, mouth=is_synthtalk(cfg.data))) if test else None,
         to_dict(cfg),
         "train vae",
         progress,
@@ -361,7 +394,7 @@ def train_vae(
         return None
     release = run.root / "vae.safetensors"
     if dist.is_main():
-        vae.save(release)
+        model.save(release)
         run.log(f"wrote {release}")
     dist.barrier()
     return release
