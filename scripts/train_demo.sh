@@ -26,6 +26,7 @@ SYNTH_ARGS=${SYNTH_ARGS:-}  # more readtalk synth options, e.g. "--workers 4"
 SPEECH_MODE=${SPEECH_MODE:-raw}
 SPEECH_SIZE=${SPEECH_SIZE:-small}
 SPEECH_STEPS=${SPEECH_STEPS:-4000}
+STATS_CLIPS=${STATS_CLIPS:-200}  # raw: feature statistics from this many training clips (0: all)
 # frame VAE (single frames: phase 1 of docs/stage1.md)
 VAE_PRESET=${VAE_PRESET:-res-small}
 VAE_STEPS=${VAE_STEPS:-800}
@@ -38,8 +39,8 @@ PACKER_WINDOW=${PACKER_WINDOW:-33}
 PACKER_EVAL_CLIPS=${PACKER_EVAL_CLIPS:-16}
 # the frame decoder fine-tuned on single frames with a mouth-weighted loss (the encoder, and so
 # the latents, kept): the mouth comes back sharp enough for the mouth reader
+# (two runs: mouth weight 10, then 30 at a lower learning rate)
 DECODER_STEPS=${DECODER_STEPS:-600}
-MOUTH_WEIGHT=${MOUTH_WEIGHT:-10}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
@@ -75,7 +76,8 @@ stage data "$DATA/manifest.jsonl" "" -- \
 
 stage speechae "$RUNS/speech/speechae.safetensors" "$RUNS/speech" -- \
     "$RT" train speech "${q[@]}" --data "$DATA" --out "$RUNS/speech" --mode "$SPEECH_MODE" \
-    --steps "$SPEECH_STEPS" --set size="$SPEECH_SIZE" --set train.batch_size=16 --set train.eval_every=1000 \
+    --steps "$SPEECH_STEPS" --set size="$SPEECH_SIZE" --set stats_clips="$STATS_CLIPS" \
+    --set train.batch_size=16 --set train.eval_every=1000 \
     --set train.threads="$THREADS"
 
 stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
@@ -96,12 +98,17 @@ stage packer-chains "$RUNS/fvae/vae.safetensors" "$RUNS/fvae" -- \
     --set unroll="$CHAIN_UNROLL" --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.lr=5e-4 --set train.threads="$THREADS"
 
-stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
-    "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/fdec" --init "$RUNS/fvae/vae.safetensors" \
-    --steps "$DECODER_STEPS" --set train_encoder=false --set clip_frames=1 \
-    --set mouth_weight="$MOUTH_WEIGHT" --set train.batch_size=16 --set train.lr=3e-4 \
-    --set train.warmup=20 --set train.eval_every=200 --set eval_clips="$PACKER_EVAL_CLIPS" \
-    --set eval_frames="$PACKER_WINDOW" --set train.threads="$THREADS"
+decoder() {  # decoder RUN_DIR INIT MOUTH_WEIGHT LR [--resume]
+    "$RT" train vae "${q[@]}" --data "$DATA" --out "$1" --init "$2" --steps "$DECODER_STEPS" \
+        --set train_encoder=false --set clip_frames=1 --set mouth_weight="$3" \
+        --set train.batch_size=16 --set train.lr="$4" --set train.warmup=20 \
+        --set train.eval_every=200 --set eval_clips="$PACKER_EVAL_CLIPS" \
+        --set eval_frames="$PACKER_WINDOW" --set train.threads="$THREADS" "${@:5}"
+}
+stage frame-decoder "$RUNS/fdec-m10/vae.safetensors" "$RUNS/fdec-m10" -- \
+    decoder "$RUNS/fdec-m10" "$RUNS/fvae/vae.safetensors" 10 3e-4
+stage frame-decoder-2 "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
+    decoder "$RUNS/fdec" "$RUNS/fdec-m10/vae.safetensors" 30 2e-4
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \

@@ -18,6 +18,7 @@ STAGES = [
     "packer",
     "packer-chains",
     "frame-decoder",
+    "frame-decoder-2",
     "cache",
     "dit",
     "export",

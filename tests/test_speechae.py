@@ -229,3 +229,15 @@ def test_ablation_modes_write_an_untrained_speechae(synth_dataset, tmp_path, mod
     assert codes.shape == (1, 3, model.cfg.code_dim) and torch.isfinite(codes).all()
     with pytest.raises(ReadtalkError, match="mode must be one of"):
         _cfg(synth_dataset, steps=5).__class__(data="x", mode="none").validate()
+
+
+def test_statistics_from_a_subset_of_clips(synth_dataset, tmp_path):
+    """stats_clips: an untrained (raw) SpeechAE's statistics from that many training clips,
+    spread over the split, and no test features (nothing is evaluated)."""
+    out = tmp_path / "raw1"
+    args = [*_cli_train(synth_dataset, out, 6), "--mode", "raw", "--set", "stats_clips=1"]
+    assert main(args) == 0
+    feats = torch.load(next(out.glob("features-*.pt")), weights_only=False)
+    assert len(feats["train"]) == 1 and feats["test"] == {}
+    with pytest.raises(ReadtalkError, match="stats_clips"):
+        _cfg(synth_dataset, steps=5).__class__(data="x", stats_clips=-1).validate()

@@ -68,6 +68,9 @@ class SpeechRunConfig:
     nce_weight: float = 0.1
     temperature: float = 0.1
     mode: str = "pretrain"  # pretrain | random (ablation: not pre-trained) | raw (ablation: absent)
+    # random / raw (nothing trains): the feature statistics come from this many training clips
+    # (evenly spread over the split; 0: all), and no test features are computed
+    stats_clips: int = 0
     train: OptimConfig = field(default_factory=OptimConfig)
 
     def model_config(self, feat_dim: int, front_end: str) -> SpeechAEConfig:
@@ -97,6 +100,8 @@ class SpeechRunConfig:
             raise ReadtalkError(f"front_end must be whisper or logmel, got {self.front_end!r}")
         if self.mode not in MODES:
             raise ReadtalkError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.stats_clips < 0:
+            raise ReadtalkError(f"stats_clips must be >= 0, got {self.stats_clips}")
         self.train.validate()
 
 
@@ -134,13 +139,17 @@ def cached_features(cfg: SpeechRunConfig, run_dir: Path, progress: bool) -> dict
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False)
     records = load_manifest(cfg.data)
+    train = [r for r in records if r["split"] == "train"]
+    test = [r for r in records if r["split"] == "test"]
+    if cfg.mode != "pretrain":  # statistics only: no evaluation, maybe a subset
+        test = []
+        if 0 < cfg.stats_clips < len(train):
+            train = [train[int(i)] for i in np.linspace(0, len(train) - 1, cfg.stats_clips).round()]
     cache = {
         "front_end": front_end.name,
         "dim": 2 * front_end.dim,
-        "train": extract_features(
-            [r for r in records if r["split"] == "train"], front_end, progress
-        ),
-        "test": extract_features([r for r in records if r["split"] == "test"], front_end, progress),
+        "train": extract_features(train, front_end, progress),
+        "test": extract_features(test, front_end, progress),
     }
     if not cache["train"]:
         raise ReadtalkError(f"{cfg.data} has no clips in the train split")
