@@ -177,7 +177,6 @@ def score_video(
         out.update(mouth_corr=m.corr, mouth_mae=m.mae, av_offset=m.offset)
         n = min(len(pred_gap), len(true_gap))
         out["mouth_still"] = bool(n > 1 and np.ptp(pred_gap[:n]) == 0 and np.ptp(true_gap[:n]) > 0)
-        n = min(len(pred_gap), len(true_gap))
         extras.update(pred_gap=pred_gap[:n], true_gap=true_gap[:n])
         if gt is not None and gt.shape[1:] == pred.shape[1:]:
             idx = sheet_frames(true_gap[: min(n, len(gt))])
