@@ -27,24 +27,28 @@ SPEECH_MODE=${SPEECH_MODE:-raw}
 SPEECH_SIZE=${SPEECH_SIZE:-small}
 SPEECH_STEPS=${SPEECH_STEPS:-4000}
 STATS_CLIPS=${STATS_CLIPS:-200}  # raw: feature statistics from this many training clips (0: all)
-# frame VAE (single frames: phase 1 of docs/stage1.md)
+# frame VAE (single frames: phase 1 of docs/stage1.md), its loss weighted toward the mouth from
+# the start (pixels in the mouth box weigh 1 + VAE_MOUTH_WEIGHT): the latent and the decoder spend
+# their capacity where lip sync is judged
 VAE_PRESET=${VAE_PRESET:-res-small}
-VAE_STEPS=${VAE_STEPS:-800}
+VAE_STEPS=${VAE_STEPS:-1400}
+VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-10}
 VAE_EVAL_CLIPS=${VAE_EVAL_CLIPS:-32}
 # temporal packer, then its decoder trained on chains (the encoder, and so the latents, kept)
-PACKER_STEPS=${PACKER_STEPS:-4000}
+PACKER_STEPS=${PACKER_STEPS:-3000}
 CHAIN_STEPS=${CHAIN_STEPS:-1000}
 CHAIN_UNROLL=${CHAIN_UNROLL:-4}  # groups per training chain
 PACKER_WINDOW=${PACKER_WINDOW:-33}
 PACKER_EVAL_CLIPS=${PACKER_EVAL_CLIPS:-16}
-# the frame decoder fine-tuned on single frames with a mouth-weighted loss (the encoder, and so
+# the frame decoder fine-tuned on single frames with a heavier mouth weight (the encoder, and so
 # the latents, kept): the mouth comes back sharp enough for the mouth reader
-# (two runs: mouth weight 10, then 30 at a lower learning rate)
-DECODER_STEPS=${DECODER_STEPS:-600}
+DECODER_STEPS=${DECODER_STEPS:-400}
+DECODER_MOUTH_WEIGHT=${DECODER_MOUTH_WEIGHT:-30}
+DECODER_LR=${DECODER_LR:-2e-4}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
-DIT_STEPS=${DIT_STEPS:-2500}
+DIT_STEPS=${DIT_STEPS:-2000}
 DIT_EVAL_EVERY=${DIT_EVAL_EVERY:-500}
 DIT_SAMPLES=${DIT_SAMPLES:-4}
 QUIET=${QUIET:-}  # non-empty: no progress bars
@@ -83,7 +87,7 @@ stage speechae "$RUNS/speech/speechae.safetensors" "$RUNS/speech" -- \
 stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
     "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/frame-vae" --preset "$VAE_PRESET" \
     --steps "$VAE_STEPS" --set clip_frames=1 --set train.batch_size=16 --set eval_frames=1 \
-    --set eval_clips="$VAE_EVAL_CLIPS" --set train.lr=1e-3 --set train.warmup=20 \
+    --set eval_clips="$VAE_EVAL_CLIPS" --set mouth_weight="$VAE_MOUTH_WEIGHT" --set train.lr=1e-3 --set train.warmup=20 \
     --set train.eval_every=200 --set train.threads="$THREADS"
 
 stage packer "$RUNS/packer/vae.safetensors" "$RUNS/packer" -- \
@@ -98,17 +102,13 @@ stage packer-chains "$RUNS/fvae/vae.safetensors" "$RUNS/fvae" -- \
     --set unroll="$CHAIN_UNROLL" --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.lr=5e-4 --set train.threads="$THREADS"
 
-decoder() {  # decoder RUN_DIR INIT MOUTH_WEIGHT LR [--resume]
-    "$RT" train vae "${q[@]}" --data "$DATA" --out "$1" --init "$2" --steps "$DECODER_STEPS" \
-        --set train_encoder=false --set clip_frames=1 --set mouth_weight="$3" \
-        --set train.batch_size=16 --set train.lr="$4" --set train.warmup=20 \
-        --set train.eval_every=200 --set eval_clips="$PACKER_EVAL_CLIPS" \
-        --set eval_frames="$PACKER_WINDOW" --set train.threads="$THREADS" "${@:5}"
-}
-stage frame-decoder "$RUNS/fdec-m10/vae.safetensors" "$RUNS/fdec-m10" -- \
-    decoder "$RUNS/fdec-m10" "$RUNS/fvae/vae.safetensors" 10 3e-4
-stage frame-decoder-2 "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
-    decoder "$RUNS/fdec" "$RUNS/fdec-m10/vae.safetensors" 30 2e-4
+stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
+    "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/fdec" --init "$RUNS/fvae/vae.safetensors" \
+    --steps "$DECODER_STEPS" --set train_encoder=false --set clip_frames=1 \
+    --set mouth_weight="$DECODER_MOUTH_WEIGHT" --set train.batch_size=16 \
+    --set train.lr="$DECODER_LR" --set train.warmup=20 --set train.eval_every=200 \
+    --set eval_clips="$PACKER_EVAL_CLIPS" --set eval_frames="$PACKER_WINDOW" \
+    --set train.threads="$THREADS"
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \

@@ -18,7 +18,6 @@ STAGES = [
     "packer",
     "packer-chains",
     "frame-decoder",
-    "frame-decoder-2",
     "cache",
     "dit",
     "export",
