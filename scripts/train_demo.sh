@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Train the demo model from scratch: every stage, in order, with the settings of the shipped
-# model (docs/demo_model.md). Run it again after an interruption: finished stages are skipped and
-# the interrupted one resumes from its last checkpoint.
+# Train the demo model from scratch: every stage, in order (docs/demo_model.md). Run it again
+# after an interruption: finished stages are skipped and the interrupted one resumes from its last
+# checkpoint. Two recipes, the same stages and model sizes:
+#   RECIPE=fast     (default) about 2 h 10 min on a 2-core CPU; a weaker frame VAE (single frames)
+#   RECIPE=shipped  the settings the shipped demo model was made with: the frame VAE goes on
+#                   through the video phases 2-3 (about 3 h 45 min on a 2-core CPU)
 #
 #   scripts/train_demo.sh                     # SynthTalk data/st1000, runs in runs/recipe
+#   RECIPE=shipped RUNS=runs/shipped scripts/train_demo.sh
 #   DATA=data/mine RUNS=runs/mine scripts/train_demo.sh   # your own prepared footage
 #
 # Every size and step count below can be overridden from the environment (the tests run the whole
@@ -16,6 +20,12 @@ DATA=${DATA:-data/st1000}
 RUNS=${RUNS:-runs/recipe}
 MODEL=${MODEL:-$RUNS/model}
 THREADS=${THREADS:-2}
+RECIPE=${RECIPE:-fast}
+case "$RECIPE" in  # the defaults each recipe gives the knobs below
+    fast) d=(200 1400 10 0 3000 0 400 2000) ;;
+    shipped) d=(0 800 0 1 4000 600 600 2500) ;;
+    *) echo "error: RECIPE must be fast or shipped, got '$RECIPE'" >&2; exit 2 ;;
+esac
 # data (SynthTalk; skipped when $DATA/manifest.jsonl exists, e.g. footage from readtalk prepare)
 CLIPS=${CLIPS:-1000}
 SIZE=${SIZE:-256}
@@ -26,29 +36,35 @@ SYNTH_ARGS=${SYNTH_ARGS:-}  # more readtalk synth options, e.g. "--workers 4"
 SPEECH_MODE=${SPEECH_MODE:-raw}
 SPEECH_SIZE=${SPEECH_SIZE:-small}
 SPEECH_STEPS=${SPEECH_STEPS:-4000}
-STATS_CLIPS=${STATS_CLIPS:-200}  # raw: feature statistics from this many training clips (0: all)
-# frame VAE (single frames: phase 1 of docs/stage1.md), its loss weighted toward the mouth from
-# the start (pixels in the mouth box weigh 1 + VAE_MOUTH_WEIGHT): the latent and the decoder spend
-# their capacity where lip sync is judged
+STATS_CLIPS=${STATS_CLIPS:-${d[0]}}  # raw: feature statistics from this many training clips (0: all)
+# frame VAE (single frames: phase 1 of docs/stage1.md); fast: its loss weighted toward the mouth
+# from the start (pixels in the mouth box weigh 1 + VAE_MOUTH_WEIGHT)
 VAE_PRESET=${VAE_PRESET:-res-small}
-VAE_STEPS=${VAE_STEPS:-1400}
-VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-10}
+VAE_STEPS=${VAE_STEPS:-${d[1]}}
+VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-${d[2]}}
+# shipped: the frame VAE goes on as a video VAE (phases 2 and 3 of docs/stage1.md: 17- then
+# 9-frame windows, motion-weighted); its single-frame path is what the packer builds on
+VIDEO_PHASES=${VIDEO_PHASES:-${d[3]}}
+PHASE2_STEPS=${PHASE2_STEPS:-1000}
+PHASE3_STEPS=${PHASE3_STEPS:-3000}
 VAE_EVAL_CLIPS=${VAE_EVAL_CLIPS:-32}
 # temporal packer, then its decoder trained on chains (the encoder, and so the latents, kept)
-PACKER_STEPS=${PACKER_STEPS:-3000}
+PACKER_STEPS=${PACKER_STEPS:-${d[4]}}
 CHAIN_STEPS=${CHAIN_STEPS:-1000}
 CHAIN_UNROLL=${CHAIN_UNROLL:-4}  # groups per training chain
 PACKER_WINDOW=${PACKER_WINDOW:-33}
 PACKER_EVAL_CLIPS=${PACKER_EVAL_CLIPS:-16}
 # the frame decoder fine-tuned on single frames with a heavier mouth weight (the encoder, and so
-# the latents, kept): the mouth comes back sharp enough for the mouth reader
-DECODER_STEPS=${DECODER_STEPS:-400}
+# the latents, kept): the mouth comes back sharp enough for the mouth reader; shipped: first
+# DECODER_PRE_STEPS at mouth weight 10 and learning rate 3e-4 (0: no such stage)
+DECODER_PRE_STEPS=${DECODER_PRE_STEPS:-${d[5]}}
+DECODER_STEPS=${DECODER_STEPS:-${d[6]}}
 DECODER_MOUTH_WEIGHT=${DECODER_MOUTH_WEIGHT:-30}
 DECODER_LR=${DECODER_LR:-2e-4}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
-DIT_STEPS=${DIT_STEPS:-2000}
+DIT_STEPS=${DIT_STEPS:-${d[7]}}
 DIT_EVAL_EVERY=${DIT_EVAL_EVERY:-500}
 DIT_SAMPLES=${DIT_SAMPLES:-4}
 QUIET=${QUIET:-}  # non-empty: no progress bars
@@ -90,8 +106,28 @@ stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
     --set eval_clips="$VAE_EVAL_CLIPS" --set mouth_weight="$VAE_MOUTH_WEIGHT" --set train.lr=1e-3 --set train.warmup=20 \
     --set train.eval_every=200 --set train.threads="$THREADS"
 
+frame_vae="$RUNS/frame-vae/vae.safetensors"
+if [ "$VIDEO_PHASES" = 1 ]; then
+    stage video-vae-2 "$RUNS/video-vae-2/vae.safetensors" "$RUNS/video-vae-2" -- \
+        "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/video-vae-2" --init "$frame_vae" \
+        --preset "$VAE_PRESET" --steps "$PHASE2_STEPS" --set clip_frames=17 \
+        --set train.batch_size=2 --set motion_weight=10 --set train.lr=5e-4 \
+        --set train.warmup=20 --set train.eval_every=250 --set eval_clips=8 \
+        --set train.threads="$THREADS"
+    stage video-vae-3 "$RUNS/video-vae-3/vae.safetensors" "$RUNS/video-vae-3" -- \
+        "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/video-vae-3" \
+        --init "$RUNS/video-vae-2/vae.safetensors" --preset "$VAE_PRESET" --steps "$PHASE3_STEPS" \
+        --set clip_frames=9 --set train.batch_size=4 --set motion_weight=30 \
+        --set motion_scale=0.05 --set train.lr=5e-4 --set train.warmup=20 \
+        --set train.eval_every=500 --set eval_clips=8 --set train.threads="$THREADS"
+    frame_vae="$RUNS/video-vae-3/vae.safetensors"
+elif [ "$VIDEO_PHASES" != 0 ]; then
+    echo "error: VIDEO_PHASES must be 0 or 1, got '$VIDEO_PHASES'" >&2
+    exit 2
+fi
+
 stage packer "$RUNS/packer/vae.safetensors" "$RUNS/packer" -- \
-    "$RT" train packer "${q[@]}" --data "$DATA" --vae "$RUNS/frame-vae/vae.safetensors" \
+    "$RT" train packer "${q[@]}" --data "$DATA" --vae "$frame_vae" \
     --out "$RUNS/packer" --steps "$PACKER_STEPS" --set clips=0 --set residual=true \
     --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.threads="$THREADS"
@@ -102,13 +138,21 @@ stage packer-chains "$RUNS/fvae/vae.safetensors" "$RUNS/fvae" -- \
     --set unroll="$CHAIN_UNROLL" --set window="$PACKER_WINDOW" --set eval_frames="$PACKER_WINDOW" \
     --set eval_clips="$PACKER_EVAL_CLIPS" --set train.lr=5e-4 --set train.threads="$THREADS"
 
+decoder() {  # decoder RUN_DIR INIT STEPS MOUTH_WEIGHT LR [--resume]
+    "$RT" train vae "${q[@]}" --data "$DATA" --out "$1" --init "$2" --steps "$3" \
+        --set train_encoder=false --set clip_frames=1 --set mouth_weight="$4" \
+        --set train.batch_size=16 --set train.lr="$5" --set train.warmup=20 \
+        --set train.eval_every=200 --set eval_clips="$PACKER_EVAL_CLIPS" \
+        --set eval_frames="$PACKER_WINDOW" --set train.threads="$THREADS" "${@:6}"
+}
+dec_init="$RUNS/fvae/vae.safetensors"
+if [ "$DECODER_PRE_STEPS" != 0 ]; then
+    stage frame-decoder-pre "$RUNS/fdec-pre/vae.safetensors" "$RUNS/fdec-pre" -- \
+        decoder "$RUNS/fdec-pre" "$dec_init" "$DECODER_PRE_STEPS" 10 3e-4
+    dec_init="$RUNS/fdec-pre/vae.safetensors"
+fi
 stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
-    "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/fdec" --init "$RUNS/fvae/vae.safetensors" \
-    --steps "$DECODER_STEPS" --set train_encoder=false --set clip_frames=1 \
-    --set mouth_weight="$DECODER_MOUTH_WEIGHT" --set train.batch_size=16 \
-    --set train.lr="$DECODER_LR" --set train.warmup=20 --set train.eval_every=200 \
-    --set eval_clips="$PACKER_EVAL_CLIPS" --set eval_frames="$PACKER_WINDOW" \
-    --set train.threads="$THREADS"
+    decoder "$RUNS/fdec" "$dec_init" "$DECODER_STEPS" "$DECODER_MOUTH_WEIGHT" "$DECODER_LR"
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \

@@ -74,3 +74,28 @@ def test_a_failing_stage_stops_the_recipe(tmp_path):
     assert r.returncode != 0
     assert "error: unknown SpeechAE size 'no-such-size'" in r.stderr
     assert not (tmp_path / "runs" / "frame-vae").exists()  # nothing after the failed stage ran
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_shipped_recipe_adds_the_video_phases_and_a_first_decoder_stage(tmp_path):
+    r = run(tmp_path, RECIPE="shipped", PHASE2_STEPS="2", PHASE3_STEPS="2", DECODER_PRE_STEPS="2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    times = (tmp_path / "runs" / "times.tsv").read_text().split("\n")
+    stages = [*STAGES[:3], "video-vae-2", "video-vae-3", *STAGES[3:5], "frame-decoder-pre"]
+    assert [line.split("\t")[0] for line in times if line] == stages + STAGES[5:]
+    # the packer was built on the video VAE's single-frame path, the decoder on the first stage
+    runs = tmp_path / "runs"
+    assert (
+        str(runs / "video-vae-3" / "vae.safetensors")
+        in (runs / "packer" / "config.yaml").read_text()
+    )
+    assert str(runs / "fdec-pre" / "vae.safetensors") in (runs / "fdec" / "config.yaml").read_text()
+    Pipeline.from_pretrained(runs / "model")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_an_unknown_recipe_is_refused(tmp_path):
+    r = run(tmp_path, RECIPE="slow")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: RECIPE must be fast or shipped, got 'slow'"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
