@@ -2,7 +2,7 @@
 # Train the demo model from scratch: every stage, in order (docs/demo_model.md). Run it again
 # after an interruption: finished stages are skipped and the interrupted one resumes from its last
 # checkpoint. Two recipes, the same stages and model sizes:
-#   RECIPE=fast     (default) about 2 h 10 min on a 2-core CPU; a weaker frame VAE (single frames)
+#   RECIPE=fast     (default) 2 h 11 min measured on 2 CPU cores; a weaker frame VAE (single frames)
 #   RECIPE=shipped  the settings the shipped demo model was made with: the frame VAE goes on
 #                   through the video phases 2-3 (about 3 h 45 min on a 2-core CPU)
 #
@@ -45,6 +45,10 @@ VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-${d[2]}}
 # shipped: the frame VAE goes on as a video VAE (phases 2 and 3 of docs/stage1.md: 17- then
 # 9-frame windows, motion-weighted); its single-frame path is what the packer builds on
 VIDEO_PHASES=${VIDEO_PHASES:-${d[3]}}
+if [ "$VIDEO_PHASES" != 0 ] && [ "$VIDEO_PHASES" != 1 ]; then  # checked before any stage runs
+    echo "error: VIDEO_PHASES must be 0 or 1, got '$VIDEO_PHASES'" >&2
+    exit 2
+fi
 PHASE2_STEPS=${PHASE2_STEPS:-1000}
 PHASE3_STEPS=${PHASE3_STEPS:-3000}
 VAE_EVAL_CLIPS=${VAE_EVAL_CLIPS:-32}
@@ -103,8 +107,8 @@ stage speechae "$RUNS/speech/speechae.safetensors" "$RUNS/speech" -- \
 stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
     "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/frame-vae" --preset "$VAE_PRESET" \
     --steps "$VAE_STEPS" --set clip_frames=1 --set train.batch_size=16 --set eval_frames=1 \
-    --set eval_clips="$VAE_EVAL_CLIPS" --set mouth_weight="$VAE_MOUTH_WEIGHT" --set train.lr=1e-3 --set train.warmup=20 \
-    --set train.eval_every=200 --set train.threads="$THREADS"
+    --set eval_clips="$VAE_EVAL_CLIPS" --set mouth_weight="$VAE_MOUTH_WEIGHT" --set train.lr=1e-3 \
+    --set train.warmup=20 --set train.eval_every=200 --set train.threads="$THREADS"
 
 frame_vae="$RUNS/frame-vae/vae.safetensors"
 if [ "$VIDEO_PHASES" = 1 ]; then
@@ -121,9 +125,6 @@ if [ "$VIDEO_PHASES" = 1 ]; then
         --set motion_scale=0.05 --set train.lr=5e-4 --set train.warmup=20 \
         --set train.eval_every=500 --set eval_clips=8 --set train.threads="$THREADS"
     frame_vae="$RUNS/video-vae-3/vae.safetensors"
-elif [ "$VIDEO_PHASES" != 0 ]; then
-    echo "error: VIDEO_PHASES must be 0 or 1, got '$VIDEO_PHASES'" >&2
-    exit 2
 fi
 
 stage packer "$RUNS/packer/vae.safetensors" "$RUNS/packer" -- \

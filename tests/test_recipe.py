@@ -98,4 +98,8 @@ def test_an_unknown_recipe_is_refused(tmp_path):
     r = run(tmp_path, RECIPE="slow")
     assert r.returncode == 2
     assert r.stderr.strip() == "error: RECIPE must be fast or shipped, got 'slow'"
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+    r = run(tmp_path, VIDEO_PHASES="yes")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: VIDEO_PHASES must be 0 or 1, got 'yes'"
+    assert not (tmp_path / "runs").exists()
