@@ -14,6 +14,9 @@ def test_video_round_trip_with_audio(tmp_path):
     info = probe(tmp_path / "v.mp4")
     assert (info.frames, info.width, info.height, info.fps) == (9, 96, 64, 25)
     assert read_video(tmp_path / "v.mp4").shape == frames.shape
+    head = read_video(tmp_path / "v.mp4", 4)  # decoding ends after the first 4 frames
+    assert np.array_equal(head, read_video(tmp_path / "v.mp4")[:4])
+    assert read_video(tmp_path / "v.mp4", 50).shape == frames.shape  # past the end: all of it
     back = load_audio(tmp_path / "v.mp4")
     assert abs(len(back) - len(audio)) <= 1024
     assert not list(tmp_path.glob(".*partial*"))

@@ -8,6 +8,7 @@ Writes are atomic: a file appears under its final name only once it is complete.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -256,9 +257,10 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             raise ReadtalkError(f"cannot decode video {p}: file is corrupt ({e})") from None
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode a whole video to uint8 RGB (F, H, W, 3)."""
-    frames = list(iter_frames(path))
+def read_video(path: str | os.PathLike, stop: int | None = None) -> np.ndarray:
+    """Decode a video to uint8 RGB (F, H, W, 3): all of it, or its first ``stop`` frames
+    (decoding ends there, which is what a training window near the start costs)."""
+    frames = list(itertools.islice(iter_frames(path), stop))
     if not frames:
         raise ReadtalkError(f"{path} contains no video frames")
     return np.stack(frames)

@@ -107,7 +107,7 @@ def encode_frames(
     """(N, frames, C, h, w) raw frame-VAE latents (posterior means) of each clip's start."""
     out = []
     for rec in tqdm(records, desc="encode frames", unit="clip", disable=not progress):
-        video = read_video(resolve(rec, "video"))
+        video = read_video(resolve(rec, "video"), frames)
         if len(video) < frames:
             continue
         x = to_tensor(np.ascontiguousarray(fit_size(video[:frames], size)))[None]

@@ -126,7 +126,7 @@ class ClipBank:
             unit="clip",
             disable=not progress,
         ):
-            video = read_video(resolve(rec, "video"))[:n]
+            video = read_video(resolve(rec, "video"), n)
             audio = load_audio(resolve(rec, "audio") if rec.get("audio") else resolve(rec, "video"))
             frames[at : at + len(video)] = crop_frames(video, size, crop)
             starts.append(at)
