@@ -42,10 +42,6 @@ STATS_CLIPS=${STATS_CLIPS:-${d[0]}}  # raw: feature statistics from this many tr
 VAE_PRESET=${VAE_PRESET:-res-small}
 VAE_STEPS=${VAE_STEPS:-${d[1]}}
 VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-${d[2]}}
-# windows of a batch taken from each decoded clip: 4 makes a single-frame step 1.5 -> 1.0 s but
-# learns far slower (4 identities a batch instead of 16: 19.9 dB after 600 steps against 22.8)
-VAE_CLIP_WINDOWS=${VAE_CLIP_WINDOWS:-1}
-VIDEO_CLIP_WINDOWS=${VIDEO_CLIP_WINDOWS:-1}
 # shipped: the frame VAE goes on as a video VAE (phases 2 and 3 of docs/stage1.md: 17- then
 # 9-frame windows, motion-weighted); its single-frame path is what the packer builds on
 VIDEO_PHASES=${VIDEO_PHASES:-${d[3]}}
@@ -112,8 +108,7 @@ stage frame-vae "$RUNS/frame-vae/vae.safetensors" "$RUNS/frame-vae" -- \
     "$RT" train vae "${q[@]}" --data "$DATA" --out "$RUNS/frame-vae" --preset "$VAE_PRESET" \
     --steps "$VAE_STEPS" --set clip_frames=1 --set train.batch_size=16 --set eval_frames=1 \
     --set eval_clips="$VAE_EVAL_CLIPS" --set mouth_weight="$VAE_MOUTH_WEIGHT" --set train.lr=1e-3 \
-    --set train.warmup=20 --set train.eval_every=200 --set windows_per_clip="$VAE_CLIP_WINDOWS" \
-    --set train.threads="$THREADS"
+    --set train.warmup=20 --set train.eval_every=200 --set train.threads="$THREADS"
 
 frame_vae="$RUNS/frame-vae/vae.safetensors"
 if [ "$VIDEO_PHASES" = 1 ] && [ "$PHASE2_STEPS" != 0 ]; then  # PHASE2_STEPS=0: no phase 2
@@ -122,7 +117,7 @@ if [ "$VIDEO_PHASES" = 1 ] && [ "$PHASE2_STEPS" != 0 ]; then  # PHASE2_STEPS=0: 
         --preset "$VAE_PRESET" --steps "$PHASE2_STEPS" --set clip_frames=17 \
         --set train.batch_size=2 --set motion_weight=10 --set train.lr=5e-4 \
         --set train.warmup=20 --set train.eval_every=250 --set eval_clips=8 \
-        --set windows_per_clip="$VIDEO_CLIP_WINDOWS" --set train.threads="$THREADS"
+        --set train.threads="$THREADS"
     frame_vae="$RUNS/video-vae-2/vae.safetensors"
 fi
 if [ "$VIDEO_PHASES" = 1 ]; then
@@ -132,7 +127,7 @@ if [ "$VIDEO_PHASES" = 1 ]; then
         --set clip_frames=9 --set train.batch_size=4 --set motion_weight=30 \
         --set motion_scale=0.05 --set train.lr=5e-4 --set train.warmup=20 \
         --set train.eval_every=500 --set eval_clips=8 \
-        --set windows_per_clip="$VIDEO_CLIP_WINDOWS" --set train.threads="$THREADS"
+        --set train.threads="$THREADS"
     frame_vae="$RUNS/video-vae-3/vae.safetensors"
 fi
 

@@ -60,9 +60,6 @@ class VAERunConfig:
     # reconstruction (motion and mouth weights). 0 disables; needs clip_frames >= 9.
     delta_weight: float = 0.0
     flip: bool = True  # random horizontal flips
-    # windows of a batch drawn from each decoded clip (1: every window from its own clip); more
-    # makes single-frame batches several times cheaper to load (decoding a clip costs ~40-80 ms)
-    windows_per_clip: int = 1
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
     train: OptimConfig = field(
@@ -98,8 +95,6 @@ class VAERunConfig:
                 f"delta_weight must be >= 0 and needs clip_frames >= 9, got {self.delta_weight} "
                 f"with clip_frames={self.clip_frames}"
             )
-        if self.windows_per_clip < 1:
-            raise ReadtalkError(f"windows_per_clip must be >= 1, got {self.windows_per_clip}")
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
         if not self.train_encoder and not self.init:
@@ -136,19 +131,13 @@ def fit_size(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 class ClipSampler:
-    """Random training windows from a dataset's videos, decoded on demand.
+    """Random training windows from a dataset's videos, decoded on demand (each clip only as
+    far as its window's last frame)."""
 
-    ``windows_per_clip`` > 1 draws that many windows of a batch from each drawn clip and decodes
-    the clip once for all of them (and only up to the last frame they need): single-frame
-    training is otherwise bound by decoding a clip for every frame of the batch."""
-
-    def __init__(
-        self, records: list[dict], frames: int, size: int, flip: bool, windows_per_clip: int = 1
-    ) -> None:
+    def __init__(self, records: list[dict], frames: int, size: int, flip: bool) -> None:
         if not records:
             raise ReadtalkError("the dataset has no clips in the train split")
         self.records, self.frames, self.size, self.flip = records, frames, size, flip
-        self.windows_per_clip = windows_per_clip
         self._lengths: dict[str, int] = {}
 
     def length(self, rec: dict) -> int:
@@ -164,33 +153,23 @@ class ClipSampler:
         """The windows ``part`` (a rank's share) of a batch of ``batch`` drawn from ``rng``:
         every window is drawn, only those in ``part`` are decoded."""
         keep = range(batch)[part]
-        picks: list[tuple[dict, list[tuple[int, bool]]]] = []  # (clip, [(start, flip)]) to decode
-        n = 0
+        out, n = [], 0
         while n < batch:
             rec = self.records[int(rng.integers(len(self.records)))]
             length = self.length(rec)
             if length < self.frames:
                 continue
-            wins = []
-            for _ in range(min(self.windows_per_clip, batch - n)):
-                start = int(rng.integers(0, length - self.frames + 1))
-                flip = self.flip and rng.uniform() < 0.5
-                if n in keep:
-                    wins.append((start, flip))
-                n += 1
-            if wins:
-                picks.append((rec, wins))
-        out = []
-        for rec, wins in picks:
-            video = read_video(resolve(rec, "video"), max(s for s, _ in wins) + self.frames)
-            for start, flip in wins:
-                clip = video[start : start + self.frames]
-                if len(clip) < self.frames:
+            start = int(rng.integers(0, length - self.frames + 1))
+            flip = self.flip and rng.uniform() < 0.5
+            if n in keep:
+                video = read_video(resolve(rec, "video"), start + self.frames)[start:]
+                if len(video) < self.frames:
                     raise ReadtalkError(f"clip {rec['id']} has fewer frames than its manifest says")
-                clip = fit_size(clip, self.size)
+                clip = fit_size(video, self.size)
                 if flip:
                     clip = clip[:, :, ::-1]
                 out.append(to_tensor(np.ascontiguousarray(clip)))
+            n += 1
         return torch.stack(out)  # (B, 3, F, H, W)
 
 
@@ -346,11 +325,7 @@ def train_vae(
     records = load_manifest(cfg.data)
     size = cfg.size or int(records[0].get("size") or 0)
     sampler = ClipSampler(
-        [r for r in records if r["split"] == "train"],
-        cfg.clip_frames,
-        size,
-        cfg.flip,
-        cfg.windows_per_clip,
+        [r for r in records if r["split"] == "train"], cfg.clip_frames, size, cfg.flip
     )
     test = eval_videos(
         [r for r in records if r["split"] == "test"], cfg.eval_frames, size, cfg.eval_clips
