@@ -71,6 +71,63 @@ def test_windows_are_decoded_only_as_far_as_they_reach(synth_dataset, monkeypatc
     assert torch.equal(got, torch.stack(want))
 
 
+def test_crops_lie_on_the_latent_grid_and_carry_the_mouth_box(synth_dataset):
+    import readtalk.train.vae as tv
+    from readtalk.data.manifest import load_manifest
+
+    records = [r for r in load_manifest(synth_dataset) if r["split"] == "train"]
+    whole = tv.ClipSampler(records, 1, 256, True)
+    every, mouth = tv.ClipSampler(records, 1, 256, True, crop=128)._offsets(256, 256)
+    assert len(every) == 25 and all(y % 32 == 0 and x % 32 == 0 for y, x in every)
+    assert mouth == [(96, 64), (128, 64)]  # the crops that hold x 87-169, y 141-195
+    video, box = whole.sample_with_box(2, np.random.default_rng(0))
+    assert box.shape == (2, 1, 1, 256, 256) and box.sum() == 2 * (169 - 87) * (195 - 141)
+    sampler = tv.ClipSampler(records, 1, 256, True, crop=128, crop_mouth=1.0)
+    video, box = sampler.sample_with_box(6, np.random.default_rng(1))
+    assert video.shape == (6, 3, 1, 128, 128) and box.shape == (6, 1, 1, 128, 128)
+    assert (box.flatten(1).sum(1) == (169 - 87) * (195 - 141)).all()  # the whole box, each
+    # the same draws without the crop give the same frames, of which these are crops
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    one = tv.ClipSampler(records, 1, 256, False, crop=128, crop_mouth=0.0)
+    crop = one.sample(1, rng_a)
+    rec = records[int(rng_b.integers(len(records)))]
+    start = int(rng_b.integers(0, 65))
+    u = rng_b.uniform(), rng_b.uniform()
+    y0, x0 = every[min(int(u[1] * 25), 24)]
+    frame = tv.to_tensor(read_video_at(rec, start))[None]
+    assert torch.equal(crop, frame[..., y0 : y0 + 128, x0 : x0 + 128])
+    with pytest.raises(ReadtalkError, match="crop must be 0 or a multiple of 32"):
+        _cfg(synth_dataset, 2, crop=100).validate()
+    with pytest.raises(ReadtalkError, match="larger than the 64x64 frames"):
+        tv.ClipSampler(records, 1, 64, True, crop=128).sample(1, np.random.default_rng(0))
+
+
+def read_video_at(rec, start):
+    from readtalk.data.manifest import resolve
+    from readtalk.media import read_video
+
+    return np.ascontiguousarray(read_video(resolve(rec, "video"))[start : start + 1])
+
+
+def test_cropped_training_with_mouth_weight_runs_and_evaluates_whole_frames(
+    synth_dataset, tmp_path
+):
+    cfg = _cfg(
+        synth_dataset,
+        4,
+        clip_frames=1,
+        eval_frames=1,
+        size=128,
+        crop=64,
+        crop_mouth=0.5,
+        mouth_weight=10,
+    )
+    train_vae(cfg, tmp_path / "crop", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "crop/metrics.jsonl").read_text().splitlines()]
+    assert any("test_psnr" in r for r in records)
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
 def test_vae_config_errors(synth_dataset):
     with pytest.raises(ReadtalkError, match=r"clip_frames must be 8k\+1"):
         _cfg(synth_dataset, 2, clip_frames=8).validate()

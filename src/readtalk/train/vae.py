@@ -60,6 +60,12 @@ class VAERunConfig:
     # reconstruction (motion and mouth weights). 0 disables; needs clip_frames >= 9.
     delta_weight: float = 0.0
     flip: bool = True  # random horizontal flips
+    # Train on crop x crop squares of the frames (0: whole frames), at offsets on the 32-pixel
+    # latent grid; a fraction crop_mouth of them holds the whole mouth_box. The network is
+    # convolutional, so a 128-px crop of a 256-px frame costs a quarter of the frame's step.
+    # Evaluation always uses whole frames.
+    crop: int = 0
+    crop_mouth: float = 0.0
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
     train: OptimConfig = field(
@@ -94,6 +100,11 @@ class VAERunConfig:
             raise ReadtalkError(
                 f"delta_weight must be >= 0 and needs clip_frames >= 9, got {self.delta_weight} "
                 f"with clip_frames={self.clip_frames}"
+            )
+        if self.crop < 0 or self.crop % 32 or not 0 <= self.crop_mouth <= 1:
+            raise ReadtalkError(
+                f"crop must be 0 or a multiple of 32 and crop_mouth a fraction in [0, 1], got "
+                f"{self.crop} and {self.crop_mouth}"
             )
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
@@ -132,12 +143,27 @@ def fit_size(frames: np.ndarray, size: int) -> np.ndarray:
 
 class ClipSampler:
     """Random training windows from a dataset's videos, decoded on demand (each clip only as
-    far as its window's last frame)."""
+    far as its window's last frame).
 
-    def __init__(self, records: list[dict], frames: int, size: int, flip: bool) -> None:
+    ``crop`` > 0 trains on ``crop``-pixel squares of the frames instead of whole frames, at
+    offsets on the 32-pixel latent grid (so every crop's latents line up with those of the whole
+    frame); a fraction ``crop_mouth`` of them is drawn among the crops that hold all of
+    ``mouth_box`` (fractions of the frame), the rest anywhere."""
+
+    def __init__(
+        self,
+        records: list[dict],
+        frames: int,
+        size: int,
+        flip: bool,
+        crop: int = 0,
+        crop_mouth: float = 0.0,
+        mouth_box: tuple[float, ...] = (0.34, 0.55, 0.66, 0.76),
+    ) -> None:
         if not records:
             raise ReadtalkError("the dataset has no clips in the train split")
         self.records, self.frames, self.size, self.flip = records, frames, size, flip
+        self.crop, self.crop_mouth, self.mouth_box = crop, crop_mouth, mouth_box
         self._lengths: dict[str, int] = {}
 
     def length(self, rec: dict) -> int:
@@ -147,13 +173,36 @@ class ClipSampler:
             self._lengths[rec["id"]] = n
         return self._lengths[rec["id"]]
 
+    def _offsets(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Every crop offset (y0, x0) on the 32-pixel grid, and those whose crop holds the box."""
+        if self.crop > min(h, w):
+            raise ReadtalkError(f"crop={self.crop} is larger than the {h}x{w} frames")
+        every = [
+            (y, x) for y in range(0, h - self.crop + 1, 32) for x in range(0, w - self.crop + 1, 32)
+        ]
+        b = self.mouth_box
+        by0, bx0, by1, bx1 = b[1] * h, b[0] * w, b[3] * h, b[2] * w
+        mouth = [
+            (y, x)
+            for y, x in every
+            if y <= by0 and bx0 >= x and y + self.crop >= by1 and x + self.crop >= bx1
+        ]
+        return every, mouth or every
+
     def sample(
         self, batch: int, rng: np.random.Generator, part: slice = slice(None)
     ) -> torch.Tensor:
         """The windows ``part`` (a rank's share) of a batch of ``batch`` drawn from ``rng``:
         every window is drawn, only those in ``part`` are decoded."""
+        return self.sample_with_box(batch, rng, part)[0]
+
+    def sample_with_box(
+        self, batch: int, rng: np.random.Generator, part: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample``'s windows (B, 3, F, h, w) and where ``mouth_box`` lies in each of them
+        (B, 1, 1, h, w: 1 inside, 0 outside), after its crop and flip."""
         keep = range(batch)[part]
-        out, n = [], 0
+        out, boxes, n = [], [], 0
         while n < batch:
             rec = self.records[int(rng.integers(len(self.records)))]
             length = self.length(rec)
@@ -161,16 +210,25 @@ class ClipSampler:
                 continue
             start = int(rng.integers(0, length - self.frames + 1))
             flip = self.flip and rng.uniform() < 0.5
+            pick = (float(rng.uniform()), float(rng.uniform())) if self.crop else None
             if n in keep:
                 video = read_video(resolve(rec, "video"), start + self.frames)[start:]
                 if len(video) < self.frames:
                     raise ReadtalkError(f"clip {rec['id']} has fewer frames than its manifest says")
                 clip = fit_size(video, self.size)
+                box = box_weights(clip.shape[1:3], self.mouth_box, 1.0)[0, 0, 0] - 1.0  # (H, W)
+                if pick is not None:
+                    every, mouth = self._offsets(*clip.shape[1:3])
+                    choice = mouth if pick[0] < self.crop_mouth else every
+                    y0, x0 = choice[min(int(pick[1] * len(choice)), len(choice) - 1)]
+                    clip = clip[:, y0 : y0 + self.crop, x0 : x0 + self.crop]
+                    box = box[y0 : y0 + self.crop, x0 : x0 + self.crop]
                 if flip:
-                    clip = clip[:, :, ::-1]
+                    clip, box = clip[:, :, ::-1], box.flip(-1)
                 out.append(to_tensor(np.ascontiguousarray(clip)))
+                boxes.append(box[None, None])
             n += 1
-        return torch.stack(out)  # (B, 3, F, H, W)
+        return torch.stack(out), torch.stack(boxes)  # (B, 3, F, h, w), (B, 1, 1, h, w)
 
 
 def motion_weights(video: torch.Tensor, weight: float, scale: float, dilate: int) -> torch.Tensor:
@@ -325,7 +383,13 @@ def train_vae(
     records = load_manifest(cfg.data)
     size = cfg.size or int(records[0].get("size") or 0)
     sampler = ClipSampler(
-        [r for r in records if r["split"] == "train"], cfg.clip_frames, size, cfg.flip
+        [r for r in records if r["split"] == "train"],
+        cfg.clip_frames,
+        size,
+        cfg.flip,
+        cfg.crop,
+        cfg.crop_mouth,
+        cfg.mouth_box,
     )
     test = eval_videos(
         [r for r in records if r["split"] == "test"], cfg.eval_frames, size, cfg.eval_clips
@@ -348,7 +412,8 @@ def train_vae(
     part = dist.share(tc.batch_size)  # this rank's rows of the global batch (fit adds DDP)
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        video = sampler.sample(tc.batch_size, rng, part).to(run.device)
+        video, box = sampler.sample_with_box(tc.batch_size, rng, part)
+        video = video.to(run.device)
         gen.manual_seed(int(rng.integers(2**31)))
         if cfg.train_encoder:
             mean, logvar = vae.encode_dist(video)
@@ -367,7 +432,7 @@ def train_vae(
             if cfg.motion_weight:
                 w = motion_weights(video, cfg.motion_weight, cfg.motion_scale, cfg.motion_dilate)
             if cfg.mouth_weight:
-                w = w * box_weights(video.shape, cfg.mouth_box, cfg.mouth_weight).to(video.device)
+                w = w * (1.0 + cfg.mouth_weight * box.to(video.device))  # after crop and flip
             w = w.expand(video.shape[0], 1, *video.shape[2:])
         rec = weighted_mean(err, w)
         kl = kl_loss(mean, logvar)
