@@ -128,6 +128,34 @@ def test_cropped_training_with_mouth_weight_runs_and_evaluates_whole_frames(
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
 
 
+def test_frame_bank_holds_evenly_spaced_frames_and_resumes_exactly(synth_dataset, tmp_path):
+    import readtalk.train.vae as tv
+    from readtalk.data.manifest import load_manifest
+
+    records = [r for r in load_manifest(synth_dataset) if r["split"] == "train"]
+    sampler = tv.ClipSampler(records, 1, 64, False, bank=3)
+    got = sampler.sample(8, np.random.default_rng(0))
+    bank = sampler._frame_bank()
+    assert bank.shape == (len(records), 3, 64, 64, 3)
+    first = tv.fit_size(read_video_at(records[0], 0), 64)[0]
+    last = tv.fit_size(read_video_at(records[0], 64), 64)[0]  # 65 frames: 0, 32 and 64
+    assert np.array_equal(bank[0, 0], first) and np.array_equal(bank[0, 2], last)
+    flat = {bytes(f.tobytes()) for f in bank.reshape(-1, 64, 64, 3)}
+    assert all(bytes(tv.to_uint8(x)[0].tobytes()) in flat for x in got)  # every frame from it
+    with pytest.raises(ReadtalkError, match="a frame bank needs single frames"):
+        tv.ClipSampler(records, 9, 64, False, bank=3)
+    with pytest.raises(ReadtalkError, match="frame_bank must be >= 0 and needs clip_frames=1"):
+        _cfg(synth_dataset, 2, frame_bank=4).validate()
+    kw = dict(clip_frames=1, eval_frames=1, frame_bank=4, crop=32, crop_mouth=0.5)
+    train_vae(_cfg(synth_dataset, 6, **kw), tmp_path / "full", progress=False)
+    assert (
+        train_vae(_cfg(synth_dataset, 6, **kw), tmp_path / "half", progress=False, stop_at=4)
+        is None
+    )
+    train_vae(_cfg(synth_dataset, 6, **kw), tmp_path / "half", resume=True, progress=False)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "half")
+
+
 def test_vae_config_errors(synth_dataset):
     with pytest.raises(ReadtalkError, match=r"clip_frames must be 8k\+1"):
         _cfg(synth_dataset, 2, clip_frames=8).validate()
