@@ -2,9 +2,10 @@
 # Train the demo model from scratch: every stage, in order (docs/demo_model.md). Run it again
 # after an interruption: finished stages are skipped and the interrupted one resumes from its last
 # checkpoint. Two recipes, the same stages and model sizes:
-#   RECIPE=fast     (default) 2 h 11 min measured on 2 CPU cores; a weaker frame VAE (single frames)
-#   RECIPE=shipped  the settings the shipped demo model was made with: the frame VAE goes on
-#                   through the video phases 2-3 (about 3 h 45 min on a 2-core CPU)
+#   RECIPE=fast     (default) 2 h 9 min measured on 2 CPU cores (held-out mouth_corr 0.50): the
+#                   frame VAE's phase 2 left out, fewer steps in phase 3, the packer and the DiT
+#   RECIPE=shipped  the settings the shipped demo model was made with (mouth_corr 0.72; about
+#                   3 h 20 min on a 2-core CPU)
 #
 #   scripts/train_demo.sh                     # SynthTalk data/st1000, runs in runs/recipe
 #   RECIPE=shipped RUNS=runs/shipped scripts/train_demo.sh
@@ -22,8 +23,8 @@ MODEL=${MODEL:-$RUNS/model}
 THREADS=${THREADS:-2}
 RECIPE=${RECIPE:-fast}
 case "$RECIPE" in  # the defaults each recipe gives the knobs below
-    fast) d=(200 1400 10 0 3000 0 400 2000) ;;
-    shipped) d=(0 800 0 1 4000 600 600 2500) ;;
+    fast) d=(200 600 0 1 2500 200 400 1500 0 2100) ;;
+    shipped) d=(0 800 0 1 4000 600 600 2500 1000 3000) ;;
     *) echo "error: RECIPE must be fast or shipped, got '$RECIPE'" >&2; exit 2 ;;
 esac
 # data (SynthTalk; skipped when $DATA/manifest.jsonl exists, e.g. footage from readtalk prepare)
@@ -37,20 +38,21 @@ SPEECH_MODE=${SPEECH_MODE:-raw}
 SPEECH_SIZE=${SPEECH_SIZE:-small}
 SPEECH_STEPS=${SPEECH_STEPS:-4000}
 STATS_CLIPS=${STATS_CLIPS:-${d[0]}}  # raw: feature statistics from this many training clips (0: all)
-# frame VAE (single frames: phase 1 of docs/stage1.md); fast: its loss weighted toward the mouth
-# from the start (pixels in the mouth box weigh 1 + VAE_MOUTH_WEIGHT)
+# frame VAE (single frames: phase 1 of docs/stage1.md); VAE_MOUTH_WEIGHT > 0 weighs the loss
+# toward the mouth from the start (pixels in the mouth box weigh 1 + VAE_MOUTH_WEIGHT)
 VAE_PRESET=${VAE_PRESET:-res-small}
 VAE_STEPS=${VAE_STEPS:-${d[1]}}
 VAE_MOUTH_WEIGHT=${VAE_MOUTH_WEIGHT:-${d[2]}}
-# shipped: the frame VAE goes on as a video VAE (phases 2 and 3 of docs/stage1.md: 17- then
-# 9-frame windows, motion-weighted); its single-frame path is what the packer builds on
+# the frame VAE goes on as a video VAE (phases 2 and 3 of docs/stage1.md: 17- then 9-frame
+# windows, motion-weighted; VIDEO_PHASES=0: neither); its single-frame path is what the packer
+# builds on
 VIDEO_PHASES=${VIDEO_PHASES:-${d[3]}}
 if [ "$VIDEO_PHASES" != 0 ] && [ "$VIDEO_PHASES" != 1 ]; then  # checked before any stage runs
     echo "error: VIDEO_PHASES must be 0 or 1, got '$VIDEO_PHASES'" >&2
     exit 2
 fi
-PHASE2_STEPS=${PHASE2_STEPS:-1000}
-PHASE3_STEPS=${PHASE3_STEPS:-3000}
+PHASE2_STEPS=${PHASE2_STEPS:-${d[8]}}  # 0: no phase 2 (phase 3 starts from phase 1)
+PHASE3_STEPS=${PHASE3_STEPS:-${d[9]}}
 VAE_EVAL_CLIPS=${VAE_EVAL_CLIPS:-32}
 # temporal packer, then its decoder trained on chains (the encoder, and so the latents, kept)
 PACKER_STEPS=${PACKER_STEPS:-${d[4]}}
@@ -59,7 +61,7 @@ CHAIN_UNROLL=${CHAIN_UNROLL:-4}  # groups per training chain
 PACKER_WINDOW=${PACKER_WINDOW:-33}
 PACKER_EVAL_CLIPS=${PACKER_EVAL_CLIPS:-16}
 # the frame decoder fine-tuned on single frames with a heavier mouth weight (the encoder, and so
-# the latents, kept): the mouth comes back sharp enough for the mouth reader; shipped: first
+# the latents, kept): the mouth comes back sharp enough for the mouth reader; first
 # DECODER_PRE_STEPS at mouth weight 10 and learning rate 3e-4 (0: no such stage)
 DECODER_PRE_STEPS=${DECODER_PRE_STEPS:-${d[5]}}
 DECODER_STEPS=${DECODER_STEPS:-${d[6]}}
