@@ -215,7 +215,7 @@ class ClipSampler:
         mouth = [
             (y, x)
             for y, x in every
-            if y <= by0 and bx0 >= x and y + self.crop >= by1 and x + self.crop >= bx1
+            if y <= by0 and x <= bx0 and y + self.crop >= by1 and x + self.crop >= bx1
         ]
         return every, mouth or every
 
@@ -260,7 +260,7 @@ class ClipSampler:
     def _add(self, clip: np.ndarray, flip: bool, pick, out: list, boxes: list) -> None:
         """Crop (``pick``: two uniform draws, or None) and flip a window (F, H, W, 3), and append
         it and its mouth box to ``out`` and ``boxes``."""
-        box = box_weights(clip.shape[1:3], self.mouth_box, 1.0)[0, 0, 0] - 1.0  # (H, W)
+        box = box_mask(clip.shape[1:3], self.mouth_box)  # (H, W)
         if pick is not None:
             every, mouth = self._offsets(*clip.shape[1:3])
             choice = mouth if pick[0] < self.crop_mouth else every
@@ -286,14 +286,19 @@ def motion_weights(video: torch.Tensor, weight: float, scale: float, dilate: int
     return 1.0 + weight * (d / scale).clamp(max=1.0)
 
 
+def box_mask(shape: torch.Size, box: tuple[float, ...]) -> torch.Tensor:
+    """(H, W): 1 inside ``box`` (x0, y0, x1, y1 as fractions of the frame), 0 elsewhere."""
+    h, w = shape[-2], shape[-1]
+    x0, y0, x1, y1 = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+    m = torch.zeros(h, w)
+    m[y0:y1, x0:x1] = 1.0
+    return m
+
+
 def box_weights(shape: torch.Size, box: tuple[float, ...], weight: float) -> torch.Tensor:
     """Per-pixel loss weights (1, 1, 1, H, W): 1 + ``weight`` inside ``box`` (x0, y0, x1, y1 as
     fractions of the frame), 1 elsewhere."""
-    h, w = shape[-2], shape[-1]
-    x0, y0, x1, y1 = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
-    m = torch.ones(1, 1, 1, h, w)
-    m[..., y0:y1, x0:x1] += weight
-    return m
+    return 1.0 + weight * box_mask(shape, box)[None, None, None]
 
 
 def weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
