@@ -15,7 +15,6 @@ STAGES = [
     "data",
     "speechae",
     "frame-vae",
-    "video-vae-3",
     "packer",
     "packer-chains",
     "frame-decoder-pre",
@@ -28,7 +27,8 @@ TINY = {  # every stage at debug size, two steps
     "CLIPS": "6", "SIZE": "64", "FRAMES": "65",
     "SYNTH_ARGS": "--identities 3 --test-fraction 0.34 --workers 1",
     "SPEECH_SIZE": "debug", "SPEECH_STEPS": "2",
-    "VAE_PRESET": "debug", "VAE_STEPS": "2", "VAE_EVAL_CLIPS": "1", "PHASE3_STEPS": "2",
+    "VAE_PRESET": "debug", "VAE_STEPS": "2", "VAE_EVAL_CLIPS": "1", "VAE_CROP": "32",
+    "VAE_FRAME_BANK": "2", "VAE_BATCH": "4", "PHASE3_STEPS": "2",
     "DECODER_PRE_STEPS": "2",
     "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "DECODER_STEPS": "2", "PACKER_WINDOW": "33",
     "PACKER_EVAL_CLIPS": "1",
@@ -55,11 +55,11 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     times = (tmp_path / "runs" / "times.tsv").read_text().split("\n")
     assert [line.split("\t")[0] for line in times if line] == STAGES
-    runs = tmp_path / "runs"  # no phase 2: phase 3 went on from phase 1
-    assert (
-        str(runs / "frame-vae" / "vae.safetensors")
-        in (runs / "video-vae-3/config.yaml").read_text()
-    )
+    runs = tmp_path / "runs"  # the frame VAE trained on crops from a frame bank, no video phases
+    frame_vae = (runs / "frame-vae" / "config.yaml").read_text()
+    assert "crop: 32\n" in frame_vae and "frame_bank: 2\n" in frame_vae
+    assert "crop_mouth: 0.5\n" in frame_vae
+    assert str(runs / "frame-vae" / "vae.safetensors") in (runs / "packer/config.yaml").read_text()
     model = tmp_path / "runs" / "model"
     pipe = Pipeline.from_pretrained(model)
     assert pipe.settings()["steps"] == 4  # the shipped model's sampling default
@@ -85,18 +85,21 @@ def test_a_failing_stage_stops_the_recipe(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_the_shipped_recipe_adds_video_phase_2(tmp_path):
-    r = run(tmp_path, RECIPE="shipped", PHASE2_STEPS="2")
+def test_the_shipped_recipe_adds_the_video_phases(tmp_path):
+    r = run(tmp_path, RECIPE="shipped", PHASE2_STEPS="2", VAE_CROP="", VAE_FRAME_BANK="")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     times = (tmp_path / "runs" / "times.tsv").read_text().split("\n")
     assert [line.split("\t")[0] for line in times if line] == [
         *STAGES[:3],
         "video-vae-2",
+        "video-vae-3",
         *STAGES[3:],
     ]
-    # phase 3 went on from phase 2, the packer was built on the video VAE's single-frame path,
-    # the decoder on the first decoder stage
+    # phase 1 on whole frames; phase 3 went on from phase 2, the packer was built on the video
+    # VAE's single-frame path, the decoder on the first decoder stage
     runs = tmp_path / "runs"
+    frame_vae = (runs / "frame-vae" / "config.yaml").read_text()
+    assert "crop: 0\n" in frame_vae and "frame_bank: 0\n" in frame_vae
     assert (
         str(runs / "video-vae-2" / "vae.safetensors")
         in (runs / "video-vae-3" / "config.yaml").read_text()
