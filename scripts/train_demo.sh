@@ -4,9 +4,11 @@
 # checkpoint. Two recipes, the same stages and model sizes:
 #   RECIPE=fast     (default) made to train in about two hours on 2 CPU cores: the frame VAE on
 #                   128-px crops (half of them on the mouth) of frames decoded once into memory,
-#                   no video phases, fewer packer steps
+#                   no video phases, fewer packer steps. Not yet measured as one run: about
+#                   1 h 35 min estimated from its stages' measured step times (docs/demo_model.md)
 #   RECIPE=shipped  the settings the shipped demo model was made with (mouth_corr 0.72; about
-#                   3 h 20 min on a 2-core CPU)
+#                   3 h 20 min on a 2-core CPU before the VAE's one-frame path, docs/speed.md)
+# (times on the 2-core machine of docs/demo_model.md; CPUs differ several-fold, docs/speed.md)
 #
 #   scripts/train_demo.sh                     # SynthTalk data/st1000, runs in runs/recipe
 #   RECIPE=shipped RUNS=runs/shipped scripts/train_demo.sh
@@ -24,7 +26,7 @@ MODEL=${MODEL:-$RUNS/model}
 THREADS=${THREADS:-2}
 RECIPE=${RECIPE:-fast}
 case "$RECIPE" in  # the defaults each recipe gives the knobs below
-    fast) d=(200 6000 0 0 2500 200 400 2000 0 0 128 0.5 8 32 1000) ;;
+    fast) d=(200 6000 0 0 2500 200 400 2500 0 0 128 0.5 8 32 1000) ;;
     shipped) d=(0 800 0 1 4000 600 600 2500 1000 3000 0 0 0 16 200) ;;
     *) echo "error: RECIPE must be fast or shipped, got '$RECIPE'" >&2; exit 2 ;;
 esac

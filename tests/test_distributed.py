@@ -78,13 +78,19 @@ def _records(run: Path) -> list[dict]:
 def _assert_same_run(a: Path, b: Path, release: str, rtol: float) -> None:
     ra, rb = _records(a), _records(b)
     assert [sorted(r) for r in ra] == [sorted(r) for r in rb]
-    for x, y in zip(ra, rb, strict=True):
+    for i, (x, y) in enumerate(zip(ra, rb, strict=True)):
+        first = i == 0 and x.get("step") == 1  # step 1: no update yet
+        tol = min(rtol, 1e-4) if first else rtol
+        atol = 1e-7 if first else rtol * abs(x.get("loss", 0.0))  # small terms: the loss's scale
         for k in x:
-            np.testing.assert_allclose(y[k], x[k], rtol=rtol, atol=1e-7, err_msg=f"{k} {x}")
-    # weights per tensor, relative to its norm: Adam turns the rounding of near-zero gradients
-    # into updates of up to lr (its first step is lr * sign(g)), so elementwise bounds would be
-    # loose, and the VAE's 3-D convolutions round differently for other batch sizes: its numbers
-    # agree to 1e-7 at step 1 and drift to about 1e-4 by step 4
+            np.testing.assert_allclose(y[k], x[k], rtol=tol, atol=atol, err_msg=f"{k} {x}")
+    # later steps and weights per tensor, relative to its norm: Adam turns the rounding of
+    # near-zero gradients into updates of up to lr (its first step is lr * sign(g)), so
+    # elementwise bounds would be loose, and the VAE's 3-D convolutions round differently for
+    # other batch sizes: its numbers agree to 1e-4 at step 1 (loss and the all-reduced gradient
+    # norm: what a wrong average would change) and drift after, by how much depends on the CPU
+    # (about 1e-4 by step 4 on one 2-core machine; on another, 1.4e-2 in its small KL term by
+    # step 4, so later terms are compared to rtol of themselves or of the loss)
     wa, wb = load_file(a / release), load_file(b / release)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -128,7 +134,7 @@ def test_two_ranks_with_half_the_batch_each_match_one_process(tiny_dataset, tmp_
         assert main(_argv(stage, tmp_path / "one" / name, src, steps, **sets)) == 0
     ref = {"dit_ddp": "dit_ddp", "dit_fsdp": "dit_ddp", "speech": "speech", "vae": "vae"}
     for name, (stage, *_, release) in runs.items():
-        rtol = 2e-3 if stage == "vae" else 1e-5  # see _assert_same_run
+        rtol = 1e-2 if stage == "vae" else 1e-5  # see _assert_same_run
         _assert_same_run(tmp_path / "one" / ref[name], tmp_path / "two" / name, release, rtol)
     ckpt = torch.load(
         tmp_path / "two/dit_fsdp/checkpoints/step_0000006.pt", weights_only=False, mmap=True

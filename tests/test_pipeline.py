@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -334,6 +335,10 @@ def test_bench_speed_smoke(capsys):
     out = capsys.readouterr().out
     for word in ("DiT forward", "clip", "VAE decode", "speech", "real-time factor", "FLOPs"):
         assert word in out
+    from readtalk.bench import processor_name
+
+    assert f"1 threads, on {processor_name()}" in out  # timings name the machine they ran on
+    assert processor_name().endswith(f"({os.cpu_count()} CPUs)")
     a = parser.parse_args(
         ["speed", "--size", "debug", "--res", "64", "--steps", "1", "--clip-frames", "17",
          "--front-end", "logmel", "--repeats", "1", "--threads", "1", "--factorised"]

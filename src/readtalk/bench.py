@@ -31,6 +31,8 @@ forwards.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +41,34 @@ from readtalk.errors import ReadtalkError
 if TYPE_CHECKING:  # torch is imported lazily: `readtalk --help` stays instant
     import torch
 
-__all__ = ["add_cli", "cmd_bench_speed", "configure_speed_parser", "dit_flops", "run_speed"]
+__all__ = [
+    "add_cli",
+    "cmd_bench_speed",
+    "configure_speed_parser",
+    "dit_flops",
+    "processor_name",
+    "run_speed",
+]
 
 _VAE_FOR_CHANNELS = {8: "debug", 32: "small", 64: "base", 128: "ltx"}
+
+
+def processor_name(device: Any = "cpu") -> str:
+    """What the timings ran on: the GPU's name, or the CPU's model name and its core count (CPU
+    timings differ several-fold between machines with the same number of cores)."""
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
+            )
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} CPUs)"
 
 
 def dit_flops(cfg: Any, frames: int, height: int, width: int) -> dict[str, float]:
@@ -202,7 +229,7 @@ def run_speed(
         f"{front_end} front end, {clip_frames} frames at {res}x{res} "
         f"(latents {c}x{f}x{h}x{w}, {(1 + f) * h * w} tokens), {steps} steps, {cfg} guidance "
         f"({guidance.passes} passes), {dev.type} {str(dt).removeprefix('torch.')}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, on {processor_name(dev)}"
     )
     with torch.inference_mode():
         t_fwd, _ = _timed(lambda: model_fn(x, t, None, None, cond), dev, repeats)

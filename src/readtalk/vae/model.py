@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from readtalk.errors import ReadtalkError
+from readtalk.vae.frameconv import use_frame_path
 
 HALF = (torch.float16, torch.bfloat16)  # stored-precision dtypes loaded as float32 by default
 
@@ -618,6 +619,7 @@ class VideoVAE(LatentCodec):
                 self.ae = AutoencoderKLLTXVideo(**kwargs)
         else:
             self.ae = AutoencoderKLLTXVideo(**kwargs)
+        use_frame_path(self.ae)  # one-frame inputs convolve in 2D (readtalk.vae.frameconv)
 
     # ---- checks (run before any convolution, so mistakes cost nothing and read clearly)
 
