@@ -75,7 +75,9 @@ def _records(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
 
 
-def _assert_same_run(a: Path, b: Path, release: str, rtol: float) -> None:
+def _assert_same_run(
+    a: Path, b: Path, release: str, rtol: float, weights_rtol: float | None = None
+) -> None:
     ra, rb = _records(a), _records(b)
     assert [sorted(r) for r in ra] == [sorted(r) for r in rb]
     for i, (x, y) in enumerate(zip(ra, rb, strict=True)):
@@ -95,7 +97,7 @@ def _assert_same_run(a: Path, b: Path, release: str, rtol: float) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         err = (wb[k].double() - wa[k].double()).norm() / wa[k].double().norm().clamp_min(1e-12)
-        assert err < 10 * rtol, (k, float(err))
+        assert err < (10 * rtol if weights_rtol is None else weights_rtol), (k, float(err))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
@@ -135,7 +137,8 @@ def test_two_ranks_with_half_the_batch_each_match_one_process(tiny_dataset, tmp_
     ref = {"dit_ddp": "dit_ddp", "dit_fsdp": "dit_ddp", "speech": "speech", "vae": "vae"}
     for name, (stage, *_, release) in runs.items():
         rtol = 1e-2 if stage == "vae" else 1e-5  # see _assert_same_run
-        _assert_same_run(tmp_path / "one" / ref[name], tmp_path / "two" / name, release, rtol)
+        wtol = 2e-2 if stage == "vae" else None  # the VAE's weights: 4e-3 measured
+        _assert_same_run(tmp_path / "one" / ref[name], tmp_path / "two" / name, release, rtol, wtol)
     ckpt = torch.load(
         tmp_path / "two/dit_fsdp/checkpoints/step_0000006.pt", weights_only=False, mmap=True
     )

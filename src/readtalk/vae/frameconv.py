@@ -60,20 +60,14 @@ class FrameDownsampler3d(LTXVideoDownsampler3d):
         if hidden_states.shape[2] != 1 or st != 2:  # (one frame with st > 2 fails in the original)
             return super().forward(hidden_states)
         padded = hidden_states.expand(-1, -1, 2, -1, -1)  # what the original's cat builds
-        residual = (
-            padded.unflatten(4, (-1, self.stride[2]))
-            .unflatten(3, (-1, self.stride[1]))
-            .unflatten(2, (-1, st))
-        )
-        residual = residual.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(1, 4)
-        residual = residual.unflatten(1, (-1, self.group_size)).mean(dim=2)
-        out = self.conv(hidden_states).expand(-1, -1, st, -1, -1)
-        out = (
-            out.unflatten(4, (-1, self.stride[2]))
-            .unflatten(3, (-1, self.stride[1]))
-            .unflatten(2, (-1, st))
-        )
-        return out.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(1, 4) + residual
+        residual = self._to_channels(padded).unflatten(1, (-1, self.group_size)).mean(dim=2)
+        return self._to_channels(self.conv(hidden_states).expand(-1, -1, 2, -1, -1)) + residual
+
+    def _to_channels(self, x: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> (B, C * st * sh * sw, T / st, H / sh, W / sw), as the original."""
+        st, sh, sw = self.stride
+        x = x.unflatten(4, (-1, sw)).unflatten(3, (-1, sh)).unflatten(2, (-1, st))
+        return x.permute(0, 1, 3, 5, 7, 2, 4, 6).flatten(1, 4)
 
 
 _FAST = {LTXVideoCausalConv3d: FrameCausalConv3d, LTXVideoDownsampler3d: FrameDownsampler3d}
