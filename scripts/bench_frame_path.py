@@ -15,6 +15,7 @@ import time
 import torch
 
 from readtalk.bench import processor_name
+from readtalk.errors import ReadtalkError
 from readtalk.vae.frameconv import use_frame_path
 from readtalk.vae.model import VideoVAE
 
@@ -38,7 +39,10 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    vae = VideoVAE(a.preset)
+    try:
+        vae = VideoVAE(a.preset)
+    except ReadtalkError as e:
+        p.exit(2, f"error: {e}\n")
     crops = torch.rand(32, 3, 1, 128, 128) * 2 - 1  # the fast recipe's frame-VAE batch
     frames = torch.rand(32, 3, 1, 256, 256) * 2 - 1
     opt = torch.optim.AdamW(vae.parameters(), 1e-5)
