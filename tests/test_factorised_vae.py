@@ -11,7 +11,13 @@ import torch
 from readtalk.cli import main
 from readtalk.errors import ReadtalkError
 from readtalk.train.common import OptimConfig
-from readtalk.train.packer import PackerRunConfig, group_loss, train_packer
+from readtalk.train.packer import (
+    LATENTS,
+    PackerRunConfig,
+    _saved_latents,
+    group_loss,
+    train_packer,
+)
 from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE, Packer, load_vae
 from readtalk.vae.model import VideoVAE, get_preset
 
@@ -185,6 +191,11 @@ def test_a_new_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path):
     first = train_packer(_cfg(synth_dataset, frame_vae, 2), tmp_path / "a", progress=False)
     cfg = _cfg(synth_dataset, "", 6, lr=1e-2, init=str(first), train_encoder=False, residual=True)
     second = train_packer(cfg, tmp_path / "b", progress=False)
+    # the frames were encoded once, by the first run: the second takes its latents
+    assert (tmp_path / "a" / LATENTS).is_file() and not (tmp_path / "b" / LATENTS).exists()
+    assert (
+        f"frame latents from {tmp_path / 'a' / LATENTS}" in (tmp_path / "b" / "log.txt").read_text()
+    )
     a, b = load_vae(first), load_vae(second)
     assert b.config.residual and not a.config.residual and b.config.width == a.config.width
     x = _video(17)
@@ -199,8 +210,25 @@ def test_a_new_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path):
     third = load_vae(train_packer(cfg, tmp_path / "c", progress=False))
     with torch.no_grad():
         assert torch.equal(a.encode(x), third.encode(x))
+    # another window than the first run's: the frames are encoded anew
+    cfg = _cfg(synth_dataset, "", 1, init=str(first), window=9, eval_frames=9)
+    train_packer(cfg, tmp_path / "d", progress=False)
+    assert (tmp_path / "d" / LATENTS).is_file()
     with pytest.raises(ReadtalkError, match=r"unroll must be 1\.\.2"):
         _cfg(synth_dataset, frame_vae, 2, unroll=3).validate()
+
+
+def test_saved_latents_of_a_subset_of_clips():
+    saved = {"frame_vae_sha256": "f", "window": 17, "ids": ["a", "b", "c"]}
+    saved["latents"] = torch.arange(3.0)
+    key = {"frame_vae_sha256": "f", "window": 17, "ids": ["c", "a"]}
+    assert torch.equal(_saved_latents(saved, key), torch.tensor([2.0, 0.0]))
+    assert _saved_latents(saved, {**key, "ids": ["a", "b", "c"]}) is saved["latents"]
+    assert _saved_latents(saved, {**key, "ids": ["a", "d"]}) is None  # a clip it lacks
+    assert _saved_latents(saved, {**key, "window": 9}) is None
+    assert _saved_latents(saved, {**key, "frame_vae_sha256": "g"}) is None
+    # a clip too short was left out when encoding: rows and ids no longer align
+    assert _saved_latents({**saved, "latents": torch.arange(2.0)}, key) is None
 
 
 def test_residual_decoder_adds_the_context():

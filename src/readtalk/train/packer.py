@@ -3,16 +3,17 @@
     readtalk train packer --data data/synthtalk --vae runs/vae/vae.safetensors --out runs/fvae
 
 Every frame of the first ``window`` frames of ``clips`` training clips is encoded alone by the
-frame VAE (posterior mean; kept in ``frame_latents.pt`` in the run folder, so a resumed run
-does not encode again) and standardised per channel. Each step draws ``batch_size`` random
-8-frame groups with the frame before each (its context), packs and unpacks them, and minimises
-the MSE of the standardised latents plus ``deviation_weight`` x the MSE of each frame's
-deviation from its group's mean (where the mouth's motion lives: plain MSE lets the packer
-draw one mean mouth for all 8 frames). With probability ``context_dropout`` a group is decoded
-without its context, which is how a long video's decoding restarts after a truncated prefix.
-The frame VAE stays frozen. Evaluation reconstructs held-out clips through the whole
-factorised VAE (PSNR, SSIM and, on SynthTalk, the mouth scores of ``readtalk eval-vae``) and
-reports the held-out latent MSE. The result is ``vae.safetensors`` (a ``FactorisedVAE``).
+frame VAE (posterior mean; kept in ``frame_latents.pt`` in the run folder, so a resumed run does
+not encode again, nor a run whose ``init`` is the release of a run that holds them for the same
+frame VAE and window and for every clip this run trains on) and standardised per channel. Each
+step draws ``batch_size`` random 8-frame groups with the frame before each (its context), packs
+and unpacks them, and minimises the MSE of the standardised latents plus ``deviation_weight`` x
+the MSE of each frame's deviation from its group's mean (where the mouth's motion lives: plain
+MSE lets the packer draw one mean mouth for all 8 frames). With probability ``context_dropout``
+a group is decoded without its context, which is how a long video's decoding restarts after a
+truncated prefix. The frame VAE stays frozen. Evaluation reconstructs held-out clips through the
+whole factorised VAE (PSNR, SSIM and, on SynthTalk, the mouth scores of ``readtalk eval-vae``)
+and reports the held-out latent MSE. The result is ``vae.safetensors`` (a ``FactorisedVAE``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,21 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _saved_latents(saved: dict, key: dict) -> torch.Tensor | None:
+    """The latents of the clips ``key["ids"]`` from a saved latent file, or None when it was
+    made with another frame VAE or window or lacks one of the clips. A file of more clips gives
+    their rows (when every one of its clips was encoded, so that rows and ids align)."""
+    if any(saved.get(k) != key[k] for k in ("frame_vae_sha256", "window")):
+        return None
+    ids, lat = saved.get("ids") or [], saved.get("latents")
+    if ids == key["ids"]:
+        return lat
+    row = {i: r for r, i in enumerate(ids)}
+    if lat is None or len(lat) != len(ids) or any(i not in row for i in key["ids"]):
+        return None
+    return lat[[row[i] for i in key["ids"]]]
+
+
 def group_loss(y: torch.Tensor, x: torch.Tensor, deviation_weight: float) -> dict:
     """MSE of (B, g, C, h, w) latents plus the weighted MSE of each frame's deviation from its
     group's mean."""
@@ -182,10 +198,16 @@ def train_packer(
     key["window"] = cfg.window
     path = run.root / LATENTS
     lat = None
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if {k: saved.get(k) for k in key} == key:
-            lat = saved["latents"]
+    # this run's own file (a resumed run), else that of the run init= came from: the same frame
+    # VAE and window make the same latents, so chained runs encode the frames once
+    sources = [path] + ([Path(cfg.init).parent / LATENTS] if cfg.init else [])
+    for src in sources:
+        if src.is_file():
+            lat = _saved_latents(torch.load(src, map_location="cpu", weights_only=False), key)
+            if lat is not None:
+                if src != path:
+                    run.log(f"frame latents from {src}")
+                break
     if lat is None:
         lat = encode_frames(fvae, train_recs, cfg.window, size, progress)
         if dist.is_main():
