@@ -542,6 +542,9 @@ def test_whisper_front_end_short_audio_is_one_padded_window():
     vf = fe.video_features(audio, 121)
     assert vf.shape == (121, 2, 32)
     torch.testing.assert_close(vf.reshape(242, 32), ref, atol=1e-5, rtol=1e-5)
+    # what a caller keeps (or torch.save writes) is the clip's features, not the 30-s window's
+    for t in (fe.features(audio), vf, both):
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 def test_whisper_front_end_long_audio_length_exactness_and_continuity():

@@ -328,7 +328,9 @@ class WhisperFrontEnd(_FrontEndBase):
             encoded = self.encoder(mels)  # (G, n_ctx, D)
             for (b, k), feats in zip(group, encoded, strict=True):
                 out[b, starts[k] : starts[k] + window] += weights[k, :, None] * feats
-        return out[:, :t50]  # (B, T50, D)
+        # a copy: a slice would keep the whole 30-s window's storage alive (30x the memory, and
+        # torch.save writes all of it) for every short clip
+        return out[:, :t50].clone() if t50 < span else out  # (B, T50, D)
 
 
 def load_front_end(
