@@ -5,7 +5,7 @@
 #   RECIPE=fast     (default) made to train in about two hours on 2 CPU cores: the frame VAE on
 #                   128-px crops (half of them on the mouth) of frames decoded once into memory,
 #                   no video phases, fewer packer steps. About 1 h 35 min estimated from its
-#                   stages' step times; measured as one run on a 3-5x slower 2-core CPU: 5 h 45 min
+#                   stages' step times; measured as one run on a 2.8-5x slower 2-core CPU: 5 h 45 min
 #                   (docs/demo_model.md)
 #   RECIPE=shipped  the settings the shipped demo model was made with (mouth_corr 0.72; about
 #                   3 h 20 min on a 2-core CPU before the VAE's one-frame path, docs/speed.md)
