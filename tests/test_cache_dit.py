@@ -22,8 +22,8 @@ import torch
 from readtalk.data.cache import FORMAT, SHARD, CacheConfig, CachedLatents, build_cache
 from readtalk.errors import ReadtalkError
 from readtalk.media import read_image
+from readtalk.release import atomic_save, save_release
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
-from readtalk.train.common import OptimConfig, atomic_save, save_release
 from readtalk.train.dit import (
     DiffusionConfig,
     DiTRunConfig,
@@ -32,6 +32,7 @@ from readtalk.train.dit import (
     load_dit,
     train_dit,
 )
+from readtalk.train.optim import OptimConfig
 from readtalk.vae.model import VideoVAE
 
 torch.set_num_threads(1)
@@ -119,10 +120,10 @@ def test_cache_shapes_and_meta(cache):
 
 def test_cache_window_audio_codes(cache):
     """The codes of a window come from that window's own audio."""
-    from readtalk.data.manifest import load_manifest
+    from readtalk.data.manifest import clip_audio_path, load_manifest
     from readtalk.media import load_audio
     from readtalk.speech.frontend import load_front_end
-    from readtalk.train.speech import clip_audio_path, load_speechae
+    from readtalk.speech.speechae import load_speechae
 
     data = CachedLatents(cache["out"])
     rec = next(r for r in load_manifest(cache["data"]) if r["id"] == data.ids[1])
@@ -361,14 +362,12 @@ def test_dit_overfits_one_batch(cache):
 
 
 def test_train_dit_cli(cache, tmp_path, capsys):
-    import argparse
+    from readtalk.cli.main import build_parser
+    from readtalk.cli.train import cmd_train_dit
 
-    from readtalk.train.dit import add_cli, cmd_train_dit
-
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="stage"))
-    a = parser.parse_args(
+    a = build_parser().parse_args(
         [
+            "train",
             "dit",
             "--cache",
             str(cache["out"]),
@@ -389,12 +388,10 @@ def test_train_dit_cli(cache, tmp_path, capsys):
 
 
 def test_cache_cli_resumes(cache, capsys):
-    import argparse
+    from readtalk.cli.data import cmd_cache
+    from readtalk.cli.main import build_parser
 
-    from readtalk.data.cache import add_cli, cmd_cache
-
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = ["cache", "--data", str(cache["data"]), "--vae", str(cache["vae"])]
     args += ["--speech", str(cache["speech"]), "--out", str(cache["out"]), "--quiet"]
     args += ["--frames", str(FRAMES), "--size", str(SIZE), "--front-end", "logmel"]

@@ -59,7 +59,7 @@ def test_the_shipped_demo_model(tmp_path):
     assert has_model(mdir)
     assert sum(p.stat().st_size for p in mdir.iterdir()) <= 50e6
     pipe = Pipeline.from_pretrained(mdir)
-    assert pipe.size == 256 and pipe.settings()["clip_frames"] == 57
+    assert pipe.size == 256 and pipe.settings().clip_frames == 57
     made = synth_inputs(tmp_path, pipe.size, seed=0)
     res = pipe.generate_to_file(made["image"], made["audio"], tmp_path / "d.mp4", progress=False)
     frames, truth = read_video(res.path), read_video(made["truth"])

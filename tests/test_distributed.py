@@ -241,7 +241,7 @@ def test_options_and_their_errors(tmp_path):
     from readtalk.errors import ReadtalkError
     from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
     from readtalk.train import dist
-    from readtalk.train.common import OptimConfig
+    from readtalk.train.optim import OptimConfig
 
     tc = OptimConfig(checkpointing=True)
     model = A2VDiT(DIT_SIZES["debug"])

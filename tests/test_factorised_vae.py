@@ -10,7 +10,7 @@ import torch
 
 from readtalk.cli import main
 from readtalk.errors import ReadtalkError
-from readtalk.train.common import OptimConfig
+from readtalk.train.optim import OptimConfig
 from readtalk.train.packer import (
     LATENTS,
     PackerRunConfig,
@@ -18,8 +18,9 @@ from readtalk.train.packer import (
     group_loss,
     train_packer,
 )
+from readtalk.vae.config import get_preset
 from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE, Packer, load_vae
-from readtalk.vae.model import VideoVAE, get_preset
+from readtalk.vae.model import VideoVAE
 
 torch.set_num_threads(1)
 
@@ -273,9 +274,11 @@ def test_pipeline_generates_with_a_factorised_vae(fvae, tmp_path):
 
     from readtalk.dit import A2VDiT
     from readtalk.dit.model import DIT_SIZES
-    from readtalk.pipeline import SAMPLES_PER_FRAME, Pipeline, save_dit_release
+    from readtalk.dit.release import save_dit_release
+    from readtalk.media import SAMPLES_PER_FRAME
+    from readtalk.pipeline import Pipeline
+    from readtalk.release import save_release
     from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
-    from readtalk.train.common import save_release
 
     root = tmp_path / "m"
     fvae.save(root / "vae.safetensors")

@@ -10,8 +10,9 @@ from diffusers.models.autoencoders.autoencoder_kl_ltx import (
     LTXVideoDownsampler3d,
 )
 
+from readtalk.vae.config import get_preset
 from readtalk.vae.frameconv import FrameCausalConv3d, FrameDownsampler3d, use_frame_path
-from readtalk.vae.model import VideoVAE, get_preset
+from readtalk.vae.model import VideoVAE
 
 TINY_RES = dataclasses.replace(  # residual resampling: the spatio-temporal downsamplers
     get_preset("debug"),

@@ -11,20 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from readtalk.cli.generate import cmd_generate
+from readtalk.cli.generate import register as add_generate_cli
 from readtalk.dit import A2VDiT
 from readtalk.dit.model import DIT_SIZES
+from readtalk.dit.release import save_dit_release
 from readtalk.errors import ReadtalkError
-from readtalk.media import probe, save_wav, write_image
-from readtalk.pipeline import (
-    SAMPLES_PER_FRAME,
-    Pipeline,
-    add_cli,
-    cmd_generate,
-    frames_for_samples,
-    save_dit_release,
-)
+from readtalk.media import SAMPLES_PER_FRAME, frames_for_samples, probe, save_wav, write_image
+from readtalk.pipeline import Pipeline
+from readtalk.release import save_release
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
-from readtalk.train.common import save_release
 from readtalk.vae.model import VideoVAE
 
 torch.set_num_threads(1)
@@ -134,7 +130,7 @@ def test_cli_handler(model_dir, inputs, tmp_path, capsys):
     d, _, long = inputs
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    add_cli(sub)
+    add_generate_cli(sub)
     out = tmp_path / "cli.mp4"
     a = parser.parse_args(
         ["generate", "--image", str(d / "face.png"), "--audio", str(d / "long.wav"),
@@ -191,7 +187,7 @@ def test_motion_latents_are_the_previous_clips_frames_encoded_again(pipe, inputs
 
     monkeypatch.setattr(ans, "ans_sample", spy)
     a = pipe(img, long, seed=0, progress=False)
-    assert a.settings["motion_from"] == "frames" and len(seen) == 3
+    assert a.settings.motion_from == "frames" and len(seen) == 3
     # clip 2's motion is clip 1's last decoded frame (uint8 here, so up to rounding) encoded
     last = torch.from_numpy(a.frames[CLIP - 1]).permute(2, 0, 1)[None, :, None].float()
     enc = pipe._normalize(pipe.vae.encode(last / 127.5 - 1).float())
@@ -225,7 +221,7 @@ def test_later_clips_decode_after_the_previous_clips_latents(pipe, inputs, monke
     monkeypatch.setattr(ans, "ans_sample", spy)
     reach = pipe.vae.config.decoder_context
     a = pipe(img, long, seed=0, decode_context=reach, progress=False)
-    assert a.settings["decode_context"] == reach and len(clips) == 3
+    assert a.settings.decode_context == reach and len(clips) == 3
     seq = torch.cat([clips[0]] + [c[:, :, 1:] for c in clips[1:]], dim=2)  # motion latents out
     assert seq.shape[2] <= reach  # the whole sequence is context: exact
     with torch.no_grad():
@@ -247,7 +243,7 @@ def test_later_clips_decode_after_the_previous_clips_latents(pipe, inputs, monke
     assert np.array_equal(a.frames[:CLIP], b.frames[:CLIP])
     assert np.abs(a.frames[CLIP:].astype(int) - b.frames[CLIP:]).max() > 2
     # the default (8 latents) is what pipeline.json can change
-    assert pipe.settings()["decode_context"] == 8
+    assert pipe.settings().decode_context == 8
     with pytest.raises(ReadtalkError, match="decode context"):
         pipe(img, long, decode_context=-1, progress=False)
 
@@ -322,13 +318,11 @@ def test_mismatched_checkpoints(model_dir, tmp_path):
 
 
 def test_bench_speed_smoke(capsys):
-    from readtalk.bench import add_cli as add_bench_cli
+    from readtalk.cli.main import build_parser
 
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="bench")
-    add_bench_cli(sub)
+    parser = build_parser()
     a = parser.parse_args(
-        ["speed", "--size", "debug", "--res", "64", "--steps", "2", "--clip-frames", "17",
+        ["bench", "speed", "--size", "debug", "--res", "64", "--steps", "2", "--clip-frames", "17",
          "--front-end", "logmel", "--repeats", "1", "--threads", "1"]
     )  # fmt: skip
     a.func(a)
@@ -340,7 +334,7 @@ def test_bench_speed_smoke(capsys):
     assert f"1 threads, on {processor_name()}" in out  # timings name the machine they ran on
     assert processor_name().endswith(f"({os.cpu_count()} CPUs)")
     a = parser.parse_args(
-        ["speed", "--size", "debug", "--res", "64", "--steps", "1", "--clip-frames", "17",
+        ["bench", "speed", "--size", "debug", "--res", "64", "--steps", "1", "--clip-frames", "17",
          "--front-end", "logmel", "--repeats", "1", "--threads", "1", "--factorised"]
     )  # fmt: skip
     a.func(a)
@@ -348,7 +342,8 @@ def test_bench_speed_smoke(capsys):
 
 
 def test_bench_flops_and_paper_on_cpu(capsys):
-    from readtalk.bench import cmd_bench_speed, configure_speed_parser, dit_flops
+    from readtalk.bench import dit_flops
+    from readtalk.cli.bench import cmd_bench_speed, configure_speed_parser
 
     f = dit_flops(DIT_SIZES["paper"], frames=16, height=8, width=8)
     assert f["total"] > f["attention"] > 0
@@ -376,11 +371,11 @@ def test_features_per_clip_window(pipe, inputs):
             calls.append((np.array(audio, copy=True), num_frames))
             return fe.video_features(audio, num_frames)
 
-    pipe.front_end = Recorder()
+    pipe.models.front_end = Recorder()
     try:
         pipe(_face(), long, progress=False)
     finally:
-        pipe.front_end = fe
+        pipe.models.front_end = fe
     plan = plan_clips(math.ceil(len(long) / 640), 3, 1, last="pad")
     assert len(calls) == len(plan) == 3
     padded = np.zeros(plan[-1].frame_stop * 640, np.float32)

@@ -300,7 +300,7 @@ def test_synthtalk_videos(synth_dataset, tmp_path):
 def test_training_takes_a_prepared_dataset(prepared, tmp_path):
     """A prepared dataset (no ground-truth tracks) loads and trains like SynthTalk does."""
     from readtalk.data.manifest import load_manifest, load_track
-    from readtalk.train.common import OptimConfig
+    from readtalk.train.optim import OptimConfig
     from readtalk.train.vae import VAERunConfig, train_vae
 
     recs = load_manifest(prepared[0])

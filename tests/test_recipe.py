@@ -62,7 +62,7 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     assert str(runs / "frame-vae" / "vae.safetensors") in (runs / "packer/config.yaml").read_text()
     model = tmp_path / "runs" / "model"
     pipe = Pipeline.from_pretrained(model)
-    assert pipe.settings()["steps"] == 4  # the shipped model's sampling default
+    assert pipe.settings().steps == 4  # the shipped model's sampling default
     # a second run skips every finished stage
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

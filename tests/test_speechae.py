@@ -10,10 +10,11 @@ from readtalk.speech.speechae import (
     SPEECHAE_SIZES,
     SpeechAE,
     SpeechAEConfig,
+    load_speechae,
     num_codes,
     speechae_losses,
 )
-from readtalk.train.speech import SpeechRunConfig, load_speechae, train_speech
+from readtalk.train.speech import SpeechRunConfig, train_speech
 
 
 @pytest.mark.parametrize("frames, codes", [(1, 1), (9, 2), (49, 7), (121, 16)])

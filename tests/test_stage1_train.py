@@ -8,7 +8,8 @@ from readtalk.cli import main
 from readtalk.config import load_config
 from readtalk.errors import ReadtalkError
 from readtalk.eval.pixel import psnr, ssim
-from readtalk.train.vae import VAERunConfig, fit_size, real_footage, train_vae
+from readtalk.media import fit_size
+from readtalk.train.vae import VAERunConfig, real_footage, train_vae
 
 
 def _cfg(data, steps, **kw):

@@ -19,7 +19,7 @@ from readtalk.eval.syncnet import (
     sync_scores,
     window_distances,
 )
-from readtalk.train.common import OptimConfig
+from readtalk.train.optim import OptimConfig
 from readtalk.train.syncnet import SyncNetRunConfig, train_syncnet
 
 # The official syncnet_v2 layout (SyncNetModel.py of joonson/syncnet_python): weight shapes of

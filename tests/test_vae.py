@@ -11,14 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from readtalk.errors import ReadtalkError
-from readtalk.vae.model import (
-    READTALK_FORMAT,
-    VAE_PRESETS,
-    VAEConfig,
-    VideoVAE,
-    get_preset,
-    kl_loss,
-)
+from readtalk.vae.codec import READTALK_FORMAT, kl_loss
+from readtalk.vae.config import VAE_PRESETS, VAEConfig, get_preset
+from readtalk.vae.model import VideoVAE
 
 # The ltx layout (same modules, same key names, 128 latent channels) at 1/16 of the width.
 LTX_MINI = dataclasses.replace(

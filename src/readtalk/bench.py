@@ -30,21 +30,25 @@ forwards.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from readtalk.device import resolve_device, resolve_dtype
+from readtalk.diffusion import Guidance, ans_sample, timestep_schedule
+from readtalk.dit.model import DIT_SIZES, A2VDiT, num_params
 from readtalk.errors import ReadtalkError
-
-if TYPE_CHECKING:  # torch is imported lazily: `readtalk --help` stays instant
-    import torch
+from readtalk.speech.frontend import load_front_end
+from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, SpeechAEConfig, window_codes
+from readtalk.speech.whisper import default_whisper_path
+from readtalk.vae.config import get_preset
+from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
+from readtalk.vae.model import VideoVAE
 
 __all__ = [
-    "add_cli",
-    "cmd_bench_speed",
-    "configure_speed_parser",
     "dit_flops",
     "processor_name",
     "run_speed",
@@ -56,7 +60,6 @@ _VAE_FOR_CHANNELS = {8: "debug", 32: "small", 64: "base", 128: "ltx"}
 def processor_name(device: Any = "cpu") -> str:
     """What the timings ran on: the GPU's name, or the CPU's model name and its core count (CPU
     timings differ several-fold between machines with the same number of cores)."""
-    import torch
 
     if getattr(device, "type", device) == "cuda":
         return torch.cuda.get_device_name(device)
@@ -108,7 +111,6 @@ def _fmt_flops(x: float) -> str:
 
 
 def _sync(device: torch.device) -> None:
-    import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -144,15 +146,6 @@ def run_speed(
     log=print,
 ) -> dict[str, float]:
     """Run the speed bench; prints a report through ``log`` and returns the numbers."""
-    import torch
-
-    from readtalk.diffusion import Guidance, ans_sample, timestep_schedule
-    from readtalk.dit.model import DIT_SIZES, A2VDiT, num_params
-    from readtalk.pipeline import resolve_device, resolve_dtype
-    from readtalk.speech.frontend import load_front_end
-    from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, SpeechAEConfig, window_codes
-    from readtalk.speech.whisper import default_whisper_path
-    from readtalk.vae.model import VideoVAE, get_preset
 
     if size not in DIT_SIZES:
         raise ReadtalkError(f"unknown DiT size {size!r}; choose one of {', '.join(DIT_SIZES)}")
@@ -194,8 +187,6 @@ def run_speed(
     dit = A2VDiT(dcfg).to(dev, dt).eval()
     vae = VideoVAE(vcfg)
     if factorised:  # the preset's single-frame path on every frame + the packer
-        from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
-
         vae = FactorisedVAE(FactorisedConfig(frame=vcfg, channels=vcfg.latent_channels), frame=vae)
     vae = vae.to(dev, dt).eval()
     base = next((c for c in SPEECHAE_SIZES.values() if c.code_dim == dcfg.audio_dim), None)
@@ -284,88 +275,21 @@ def run_speed(
     return res_d
 
 
-def configure_speed_parser(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``readtalk bench speed``."""
-    p.add_argument("--size", default="small", help="DiT size: debug, tiny, small, base, paper")
-    p.add_argument("--res", type=int, default=256, help="frame size in pixels (multiple of 32)")
-    p.add_argument(
-        "--vae-preset", default=None, help="VAE preset (default: the one with the DiT's channels)"
+def flops_report(size: str, res: int, clip_frames: int, steps: int, cfg: str) -> str:
+    """One line: the DiT's FLOPs per forward and per clip at a size, without running it."""
+
+    if size not in DIT_SIZES:
+        raise ReadtalkError(f"unknown DiT size {size!r}; choose one of {', '.join(DIT_SIZES)}")
+    if res <= 0 or res % 32 or clip_frames < 9 or (clip_frames - 1) % 8:
+        raise ReadtalkError("--res must be a multiple of 32 and --clip-frames 8k+1")
+    dcfg = DIT_SIZES[size]
+    f, hw = 1 + (clip_frames - 1) // 8, res // 32
+    fl = dit_flops(dcfg, f, hw, hw)
+    passes = Guidance(mode=cfg).passes
+    return (
+        f"DiT {size} ({num_params(dcfg) / 1e6:.1f} M params), {clip_frames} frames at "
+        f"{res}px ({(1 + f) * hw * hw} tokens): {_fmt_flops(fl['total'])} per forward "
+        f"({100 * fl['attention'] / fl['total']:.0f}% attention), "
+        f"{_fmt_flops(fl['total'] * steps * passes)} per clip "
+        f"({steps} steps x {passes} passes)"
     )
-    p.add_argument(
-        "--factorised",
-        action="store_true",
-        help="time a factorised VAE (the preset's frame path + packer) instead of the video VAE",
-    )
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--cfg", choices=("split", "joint", "none"), default="split")
-    p.add_argument("--clip-frames", type=int, default=121, help="frames per clip, 8k+1")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument(
-        "--front-end",
-        choices=("auto", "whisper", "logmel"),
-        default="auto",
-        help="speech front end (auto: whisper if its weights are installed)",
-    )
-    p.add_argument("--whisper", default=None, help="Whisper-tiny weights (default: packaged)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--repeats", type=int, default=3, help="best of N for the short timings")
-    p.add_argument(
-        "--flops-only", action="store_true", help="print the DiT's FLOPs without running it"
-    )
-    p.add_argument("--quiet", action="store_true", help="(no progress bars are shown anyway)")
-
-
-def cmd_bench_speed(a: argparse.Namespace) -> None:
-    """``readtalk bench speed``."""
-    from readtalk.dit.model import DIT_SIZES, num_params
-
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
-    if a.flops_only:
-        if a.size not in DIT_SIZES:
-            raise ReadtalkError(
-                f"unknown DiT size {a.size!r}; choose one of {', '.join(DIT_SIZES)}"
-            )
-        if a.res <= 0 or a.res % 32 or a.clip_frames < 9 or (a.clip_frames - 1) % 8:
-            raise ReadtalkError("--res must be a multiple of 32 and --clip-frames 8k+1")
-        cfg = DIT_SIZES[a.size]
-        f, hw = 1 + (a.clip_frames - 1) // 8, a.res // 32
-        fl = dit_flops(cfg, f, hw, hw)
-        from readtalk.diffusion import Guidance
-
-        passes = Guidance(mode=a.cfg).passes
-        print(
-            f"DiT {a.size} ({num_params(cfg) / 1e6:.1f} M params), {a.clip_frames} frames at "
-            f"{a.res}px ({(1 + f) * hw * hw} tokens): {_fmt_flops(fl['total'])} per forward "
-            f"({100 * fl['attention'] / fl['total']:.0f}% attention), "
-            f"{_fmt_flops(fl['total'] * a.steps * passes)} per clip "
-            f"({a.steps} steps x {passes} passes)"
-        )
-        return
-    run_speed(
-        a.size,
-        a.res,
-        vae_preset=a.vae_preset,
-        steps=a.steps,
-        cfg=a.cfg,
-        clip_frames=a.clip_frames,
-        device=a.device,
-        dtype=a.dtype,
-        front_end=a.front_end,
-        whisper=a.whisper,
-        repeats=a.repeats,
-        factorised=a.factorised,
-    )
-
-
-def add_cli(bench_subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``speed`` on the ``readtalk bench`` subparsers of cli.py."""
-    p = bench_subparsers.add_parser(
-        "speed", help="DiT / VAE / speech timings and FLOPs of one clip (random weights)"
-    )
-    configure_speed_parser(p)
-    p.set_defaults(func=cmd_bench_speed)
-    return p

@@ -18,27 +18,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from readtalk.data.manifest import load_manifest, resolve
+from readtalk.data.sheet import dataset_sheet
+from readtalk.data.synthtalk import SynthConfig, generate
 from readtalk.errors import ReadtalkError
-
-
-def default_model_dir() -> Path:
-    """Where the demo model ships: ``readtalk/assets/demo`` inside the package."""
-    return Path(__file__).resolve().parent / "assets" / "demo"
-
-
-def has_model(path: Path) -> bool:
-    from readtalk.pipeline import model_files
-
-    return all(p.is_file() for p in model_files(path).values())
+from readtalk.media import SAMPLE_RATE, write_image
+from readtalk.pipeline import Pipeline
+from readtalk.release import default_model_dir, has_model
 
 
 def synth_inputs(out: Path, size: int, seed: int) -> dict:
     """One SynthTalk clip, drawn from seed ``1000 + seed`` so that its identity and sentence
     are not in a training set made with a small seed: its reference portrait, speech and
     rendered truth."""
-    from readtalk.data.manifest import load_manifest, resolve
-    from readtalk.data.synthtalk import SynthConfig, generate
-
     work = out / "synthtalk"
     if work.exists():
         shutil.rmtree(work)
@@ -66,8 +58,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Generate ``out/demo.mp4``; returns a summary (paths, seconds, real-time factor)."""
-    from readtalk.pipeline import Pipeline
-
     out = Path(out)
     mdir = Path(model) if model else default_model_dir()
     if not has_model(mdir):
@@ -90,12 +80,23 @@ def run_demo(
         "model": str(mdir),
         "video": str(res.path),
         "frames": res.num_frames,
-        "audio_seconds": len(res.audio) / 16000,
+        "audio_seconds": len(res.audio) / SAMPLE_RATE,
         "seconds": res.seconds,
-        "rtf": res.seconds / max(len(res.audio) / 16000, 1e-9),
+        "rtf": res.seconds / max(len(res.audio) / SAMPLE_RATE, 1e-9),
         "text": made.get("text", ""),
     }
     if made and image is None and audio is None:
         shutil.copy(made["truth"], out / "truth.mp4")
         summary["truth"] = str(out / "truth.mp4")
     return summary
+
+
+def synth_sample(out: str | Path, clips: int, size: int, seed: int) -> list[dict]:
+    """Without a model: a small SynthTalk sample in ``out`` and its overview ``sheet.png``."""
+    out = Path(out)
+    if (out / "synthtalk.json").is_file():  # an earlier sample: replace it
+        shutil.rmtree(out)
+    generate(SynthConfig(clips=clips, size=size, seed=seed), out, progress=True)
+    records = load_manifest(out)
+    write_image(out / "sheet.png", dataset_sheet(records, per_clip=6))
+    return records

@@ -10,7 +10,6 @@ the command returns. The demo model in ``readtalk/assets/demo`` was made this wa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,9 @@ from pathlib import Path
 import torch
 
 from readtalk.errors import ReadtalkError
+from readtalk.pipeline import Pipeline
+from readtalk.release import model_files, read_safetensors, release_path, write_safetensors
+from readtalk.settings import MODEL_DEFAULT_KEYS
 
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 KEEP_FP32 = ("_mean", "_std")  # statistics: tiny, and worth their precision
@@ -26,8 +28,6 @@ KEEP_FP32 = ("_mean", "_std")  # statistics: tiny, and worth their precision
 def convert(src: Path, dst: Path, dtype: torch.dtype) -> int:
     """Copy one safetensors file with its floating-point tensors stored as ``dtype``; returns
     the bytes written."""
-    from readtalk.train.common import read_safetensors, write_safetensors
-
     tensors, meta = read_safetensors(src)
     out = {}
     for k, v in tensors.items():
@@ -49,15 +49,13 @@ def export_model(
     defaults: dict | None = None,
 ) -> dict:
     """Write a model folder; returns ``{"files": {name: bytes}, "total_bytes": n}``."""
-    from readtalk.pipeline import DEFAULT_KEYS, Pipeline, model_files
-    from readtalk.train.common import release_path
-
     if dtype not in STORE_DTYPES:
         raise ReadtalkError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    unknown = sorted(set(defaults or {}) - set(DEFAULT_KEYS))
+    unknown = sorted(set(defaults or {}) - set(MODEL_DEFAULT_KEYS))
     if unknown:
         raise ReadtalkError(
-            f"unknown pipeline.json key(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_KEYS)})"
+            f"unknown pipeline.json key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(MODEL_DEFAULT_KEYS)})"
         )
     sources = {
         "vae": Path(vae),
@@ -80,51 +78,4 @@ def export_model(
     return {"files": sizes, "total_bytes": sum(sizes.values())}
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def cmd_export(a: argparse.Namespace) -> None:
-    defaults = {}
-    for item in a.set or []:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ReadtalkError(f"--set wants key=value, got {item!r}")
-        defaults[key] = _value(val)
-    if a.copy_defaults:
-        src = Path(a.copy_defaults)
-        try:
-            defaults = {**json.loads(src.read_text()), **defaults}
-        except (OSError, json.JSONDecodeError) as e:
-            raise ReadtalkError(f"cannot read {src} ({e})") from None
-    res = export_model(a.out, a.vae, a.speech, a.dit, dtype=a.dtype, defaults=defaults or None)
-    for name, n in res["files"].items():
-        print(f"  {name:22s} {n / 1e6:7.2f} MB")
-    print(f"wrote {a.out} ({res['total_bytes'] / 1e6:.2f} MB, weights stored as {a.dtype})")
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser(
-        "export", help="gather trained vae/speechae/dit weights into one model folder"
-    )
-    p.add_argument("--vae", required=True, help="vae.safetensors")
-    p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
-    p.add_argument("--dit", required=True, help="dit.safetensors or its run folder")
-    p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument(
-        "--dtype", default="float16", choices=sorted(STORE_DTYPES), help="stored weight precision"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a pipeline.json default (size, steps, guidance, alpha, beta, clip_frames, ...)",
-    )
-    p.add_argument("--copy-defaults", default=None, help="start pipeline.json from this file")
-    p.set_defaults(func=cmd_export)
-
-
-__all__ = ["add_cli", "convert", "export_model"]
+__all__ = ["convert", "export_model"]

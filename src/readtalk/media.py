@@ -1,8 +1,14 @@
-"""Reading and writing media: mp4 video with audio, audio files of any format, images.
+"""Media: mp4 video with audio, audio files of any format, images, and the frame <-> tensor
+conversions every model-facing layer shares.
 
 Everything goes through PyAV (its bundled FFmpeg has libx264 and AAC) so no system FFmpeg is
-needed. Video frames are uint8 RGB arrays (F, H, W, 3); audio is float32 mono in [-1, 1].
+needed. Video frames are uint8 RGB arrays (F, H, W, 3); audio is float32 mono in [-1, 1] at
+``SAMPLE_RATE``; video runs at ``FPS``, so one frame is ``SAMPLES_PER_FRAME`` samples (the A/V
+constants are defined here once). Model tensors are float RGB in [-1, 1], (3, F, H, W).
 Writes are atomic: a file appears under its final name only once it is complete.
+
+**Frame rule.** Audio of ``N`` samples gives ``F = ceil(N / 640)`` frames (one per started
+40 ms; ``frames_for_samples``), so a video covers all of its speech and is at most 40 ms longer.
 """
 
 from __future__ import annotations
@@ -18,12 +24,76 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import soundfile as sf
 import soxr
+import torch
 
 from readtalk.errors import ReadtalkError
 
-SAMPLE_RATE = 16000
-FPS = 25
+SAMPLE_RATE = 16000  # Hz: every audio signal the models see
+FPS = 25  # video frames per second
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640: the audio of one video frame
+
+
+def frames_for_samples(samples: int) -> int:
+    """Video frames for ``samples`` of 16 kHz audio: ``ceil(samples / 640)`` (>= 1 required)."""
+    if samples < SAMPLES_PER_FRAME:
+        raise ReadtalkError(
+            f"audio too short: {samples} samples ({samples / SAMPLE_RATE * 1000:.0f} ms); "
+            f"at least one video frame (40 ms = {SAMPLES_PER_FRAME} samples) is needed"
+        )
+    return -(-int(samples) // SAMPLES_PER_FRAME)
+
+
+def as_audio(audio: np.ndarray | torch.Tensor, what: str = "audio") -> np.ndarray:
+    """16 kHz mono float samples (array or tensor) -> float32 (N,); one-line errors for the
+    wrong shape or dtype and for NaN / infinite samples."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().float().cpu().numpy()
+    x = np.asarray(audio)
+    if x.ndim != 1:
+        raise ReadtalkError(f"{what} must be mono 16 kHz samples (N,), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ReadtalkError(f"{what} must be float samples in [-1, 1], got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ReadtalkError(f"{what} contains NaN or infinite samples")
+    return x
+
+
+# ------------------------------------------------------------------------- frames <-> tensors
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(..., 3, F, H, W) in [-1, 1] -> uint8 (..., F, H, W, 3): the inverse of ``to_tensor``."""
+    x = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.movedim(-4, -1).cpu().numpy()
+
+
+def to_unit(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> (B*F, 3, H, W) in [0, 1] for the pixel metrics."""
+    return video.clamp(-1, 1).add(1).div(2).permute(0, 2, 1, 3, 4).flatten(0, 1)
+
+
+def fit_size(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop uint8 (F, H, W, 3) frames to a square and resize to ``size`` (no-op when
+    they already are, or for ``size`` 0)."""
+    _, h, w, _ = frames.shape
+    if size == 0 or (h == w == size):
+        return frames
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    crop = frames[:, y0 : y0 + s, x0 : x0 + s]
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
+
+
+# ------------------------------------------------------------------------------------ files
 
 
 def _tmp_name(path: Path) -> Path:
@@ -94,7 +164,6 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write float audio in [-1, 1] as 16-bit PCM wav, atomically."""
-    import soundfile as sf
 
     p = Path(path)
     tmp = _tmp_name(p)

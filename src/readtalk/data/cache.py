@@ -39,8 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from readtalk.data.manifest import clip_audio_path, load_manifest, load_track, resolve
 from readtalk.errors import ReadtalkError
+from readtalk.media import fit_size, load_audio, probe, read_image, read_video, to_tensor
+from readtalk.release import atomic_save, release_path
+from readtalk.speech.frontend import load_front_end
+from readtalk.speech.speechae import load_speechae, window_codes
+from readtalk.vae.factorised import load_vae
 
 FORMAT = "readtalk.cache/1"
 SHARD = "shard_{:05d}.pt"
@@ -91,9 +98,6 @@ def _windows(records: list[dict], frames: int) -> tuple[list[tuple[dict, int]], 
     for rec in records:
         n = int(rec.get("frames") or 0)
         if n == 0:
-            from readtalk.data.manifest import resolve
-            from readtalk.media import probe
-
             n = probe(resolve(rec, "video")).frames
         if n < frames:
             short += 1
@@ -111,11 +115,6 @@ class _ClipReader:
 
     def get(self, rec: dict) -> dict:
         if rec["id"] != self.key:
-            from readtalk.data.manifest import load_track, resolve
-            from readtalk.media import load_audio, read_image, read_video
-            from readtalk.train.speech import clip_audio_path
-            from readtalk.train.vae import fit_size
-
             video = fit_size(read_video(resolve(rec, "video")), self.size)
             ref = fit_size(read_image(resolve(rec, "ref"))[None], video.shape[1])
             try:
@@ -143,8 +142,6 @@ def _per_frame(values: list | None, start: int, frames: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae) -> dict:
-    from readtalk.speech.speechae import window_codes
-    from readtalk.train.vae import to_tensor
 
     video = to_tensor(clip["video"][start : start + frames])[None].to(vae.device)
     latent = vae.encode(video)[0]  # (C, f, h, w), posterior mean
@@ -187,9 +184,6 @@ def _latent_source(cfg: CacheConfig, manifest_sha: str) -> tuple[Path, dict]:
 @torch.no_grad()
 def _recode_shard(path: Path, shard: list, frames: int, front_end, speechae, bar) -> dict:
     """Shard ``path`` of an older cache with its speech codes replaced by ``speechae``'s."""
-    from readtalk.media import load_audio
-    from readtalk.speech.speechae import window_codes
-    from readtalk.train.speech import clip_audio_path
 
     if not path.is_file():
         raise ReadtalkError(f"--latents-from: {path} is missing")
@@ -212,13 +206,6 @@ def build_cache(
     cfg: CacheConfig, out: str | os.PathLike, progress: bool = True, device: str = "cpu"
 ) -> Path:
     """Encode ``cfg.data`` into ``out`` (resumable); returns the path of ``meta.json``."""
-    from tqdm import tqdm
-
-    from readtalk.data.manifest import load_manifest
-    from readtalk.speech.frontend import load_front_end
-    from readtalk.train.common import release_path
-    from readtalk.train.speech import load_speechae
-    from readtalk.vae.factorised import load_vae
 
     cfg.validate()
     out = Path(out)
@@ -300,7 +287,6 @@ def build_cache(
             data["ids"] = [rec["id"] for rec, _ in shard]
             data["start"] = torch.tensor([s for _, s in shard])
             data["split"] = [rec["split"] for rec, _ in shard]
-        from readtalk.train.common import atomic_save
 
         atomic_save(data, out / name)
     bar.close()
@@ -424,55 +410,3 @@ class CachedLatents:
         """Every window once, in order, ``batch`` at a time."""
         for a in range(0, len(self), batch):
             yield self.get(list(range(a, min(a + batch, len(self)))), normalize)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_cache(a) -> None:
-    cfg = CacheConfig(
-        data=a.data,
-        vae=a.vae,
-        speech=a.speech,
-        frames=a.frames,
-        size=a.size,
-        front_end=a.front_end,
-        whisper=a.whisper or "",
-        shard_size=a.shard_size,
-        latents_from=a.latents_from or "",
-    )
-    meta_path = build_cache(cfg, a.out, progress=not a.quiet, device=a.device)
-    meta = json.loads(meta_path.read_text())
-    w = meta["windows"]
-    print(
-        f"wrote {a.out}: {w['train']} train + {w['test']} test windows of {cfg.frames} frames "
-        f"(latent {tuple(meta['latent_shape'])}, codes {meta['code_dim']}-d, "
-        f"{meta['skipped_short']} clips too short skipped)"
-    )
-
-
-def add_cli(sub) -> None:
-    """Register ``readtalk cache`` on the top-level subparsers."""
-    p = sub.add_parser("cache", help="encode a dataset once into latent / speech-code shards")
-    p.add_argument("--data", required=True, help="dataset folder with manifest.jsonl")
-    p.add_argument("--vae", default="", help="vae.safetensors (optional with --latents-from)")
-    p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
-    p.add_argument("--out", required=True, help="cache folder (new, or one to resume)")
-    p.add_argument("--frames", type=int, default=121, help="window length, 8k+1")
-    p.add_argument("--size", type=int, default=0, help="frame size in pixels (0: native)")
-    p.add_argument(
-        "--front-end",
-        choices=("whisper", "logmel"),
-        default="whisper",
-        help="speech features the SpeechAE was trained on",
-    )
-    p.add_argument("--whisper", default=None, help="Whisper-tiny weights (see train speech)")
-    p.add_argument("--shard-size", type=int, default=64, help="windows per shard")
-    p.add_argument(
-        "--latents-from",
-        default=None,
-        help="a finished cache of the same windows: reuse its latents, compute only speech codes",
-    )
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_cache)

@@ -69,3 +69,8 @@ def load_track(record: dict) -> dict:
         raise ReadtalkError(f"track file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ReadtalkError(f"track file {path} is not valid JSON ({e.msg})") from None
+
+
+def clip_audio_path(rec: dict) -> Path:
+    """The lossless wav when the dataset has one, else the video's own audio track."""
+    return resolve(rec, "audio") if rec.get("audio") else resolve(rec, "video")

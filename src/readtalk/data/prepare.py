@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
+from tqdm import tqdm
 
 from readtalk.data import faces as fc
 from readtalk.errors import ReadtalkError
@@ -583,8 +585,6 @@ def process_video(src: Source, out: Path, cfg: PrepareConfig, threads: int = 0) 
 def _job(args: tuple[Source, str, PrepareConfig, int]) -> dict:
     src, out, cfg, threads = args
     if threads == 1:
-        import cv2
-
         cv2.setNumThreads(1)
     try:
         return process_video(src, Path(out), cfg, threads)
@@ -672,7 +672,6 @@ def prepare(
 ) -> dict:
     """Turn every video under ``videos_dir`` into clips in ``out_dir`` (new, or an earlier run
     to resume) and return the summary (also written to ``out_dir/prepare.json``)."""
-    from tqdm import tqdm
 
     cfg = cfg or PrepareConfig()
     cfg.validate()
@@ -813,44 +812,3 @@ def format_summary(s: dict, out: str | os.PathLike) -> str:
             )
     lines.extend(f"  error: {e}" for e in s["errors"][:5])
     return "\n".join(lines)
-
-
-def cmd_prepare(a) -> None:
-    cfg = PrepareConfig(
-        size=a.size,
-        frames=a.frames,
-        workers=a.workers,
-        detect_every=a.detect_every,
-        margin=a.margin,
-        smooth=a.smooth,
-        max_upscale=a.max_upscale,
-        test_fraction=a.test_fraction,
-    )
-    summary = prepare(a.videos, a.out, cfg, progress=not a.quiet)
-    print(format_summary(summary, a.out))
-    print(f"  manifest.jsonl, rejected.jsonl and prepare.json in {a.out}")
-
-
-def add_cli(sub) -> None:
-    """Register ``readtalk prepare`` on the top-level subparsers."""
-    d = PrepareConfig()
-    p = sub.add_parser("prepare", help="turn a folder of talking videos into a training dataset")
-    p.add_argument("--videos", required=True, help="folder of videos (subfolders: one per person)")
-    p.add_argument("--out", required=True, help="dataset folder (new, or an earlier run to resume)")
-    p.add_argument("--size", type=int, default=d.size, help="frame size (multiple of 32)")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per clip, 8k+1")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
-    p.add_argument("--detect-every", type=int, default=d.detect_every, help="detector stride")
-    p.add_argument("--margin", type=float, default=d.margin, help="crop side / face size")
-    p.add_argument(
-        "--smooth",
-        type=float,
-        default=d.smooth,
-        help="crop path smoothing, seconds (0: one fixed crop per clip)",
-    )
-    p.add_argument(
-        "--max-upscale", type=float, default=d.max_upscale, help="drop smaller faces than this"
-    )
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="of identities")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare)

@@ -26,8 +26,10 @@ from readtalk.diffusion.ans import (
     ans_sample,
     ans_train_timesteps,
     iter_clips,
+    next_clip,
     overlap_frames,
     plan_clips,
+    sample_clip,
     stitch_frames,
 )
 from readtalk.diffusion.flow import (
@@ -94,10 +96,12 @@ __all__ = [
     "iter_clips",
     "joint_cfg",
     "motion_token_weights",
+    "next_clip",
     "noise_from_velocity",
     "overlap_frames",
     "per_frame_mse",
     "plan_clips",
+    "sample_clip",
     "sample_euler",
     "sample_timesteps",
     "shift_timesteps",

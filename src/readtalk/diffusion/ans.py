@@ -86,8 +86,10 @@ __all__ = [
     "ans_sample",
     "ans_train_timesteps",
     "iter_clips",
+    "next_clip",
     "overlap_frames",
     "plan_clips",
+    "sample_clip",
     "stitch_frames",
 ]
 
@@ -309,22 +311,44 @@ def plan_clips(
         raise ReadtalkError(f"last clip must be 'pad' or 'short', got {last!r}")
     if tf < 1:
         raise ReadtalkError(f"temporal factor must be >= 1, got {temporal_factor}")
-    full = 1 + tf * (clip_latents - 1)
     plan: list[ClipWindow] = []
     covered = 0  # output frames so far = global index of the next new frame
     while covered < total_frames:
-        k = len(plan)
-        m = 0 if k == 0 else int(motion_latents)
-        ov = overlap_frames(m, tf)
-        rest = total_frames - covered
-        latents = int(clip_latents)
-        if last == "short" and rest < full - ov:
-            latents = max(m + 1, 1 + math.ceil((ov + rest - 1) / tf))
-        frames = 1 + tf * (latents - 1)
-        window = ClipWindow(k, covered - ov, latents, m, ov, min(frames, ov + rest), tf)
+        window = next_clip(
+            len(plan), covered, clip_latents, motion_latents, total_frames - covered,
+            last=last, temporal_factor=tf,
+        )  # fmt: skip
         plan.append(window)
         covered = window.out_stop
     return plan
+
+
+def next_clip(
+    index: int,
+    covered: int,
+    clip_latents: int,
+    motion_latents: int = 1,
+    rest: int | None = None,
+    *,
+    last: Literal["pad", "short"] = "pad",
+    temporal_factor: int = TEMPORAL_FACTOR,
+) -> ClipWindow:
+    """Clip ``index`` of a plan once ``covered`` output frames exist (``plan_clips`` is these
+    windows in a row). ``rest``: the output frames still to come, when known; None while the
+    speech is still arriving (streaming), which gives the window a full clip of new frames.
+    A window depends on ``rest`` only through its ``keep_stop`` (and, with ``last="short"``,
+    its length), so a stream that generates clip ``k`` as soon as its whole audio has arrived
+    makes the same clips as the offline plan of the whole speech."""
+    tf = int(temporal_factor)
+    m = 0 if index == 0 else int(motion_latents)
+    ov = overlap_frames(m, tf)
+    full = 1 + tf * (clip_latents - 1)
+    latents = int(clip_latents)
+    if rest is not None and last == "short" and rest < full - ov:
+        latents = max(m + 1, 1 + math.ceil((ov + rest - 1) / tf))
+    frames = 1 + tf * (latents - 1)
+    stop = frames if rest is None else min(frames, ov + rest)
+    return ClipWindow(index, covered - ov, latents, m, ov, stop, tf)
 
 
 def stitch_frames(clips: Sequence[Tensor], plan: Sequence[ClipWindow], dim: int = 2) -> Tensor:
@@ -368,28 +392,46 @@ def iter_clips(
     decoded frames: same timeline, a first latent of the kind training saw). ``callback`` is
     passed to ``ans_sample`` (called after every step, e.g. for a progress bar).
     """
-    b, c, h, w = shape
-    if device is None and generator is not None:
-        device = generator.device
     prev: Tensor | None = None
     for window in plan:
         cond = conds(window) if callable(conds) else conds[window.index]
-        noise = torch.randn(
-            b, c, window.latents, h, w, generator=generator, device=device, dtype=dtype
-        )
         motion = None
         m = window.motion_latents
         if m > 0 and prev is not None:
             motion = motion_fn(prev, window) if motion_fn else prev[:, :, prev.shape[2] - m :]
-        prev = ans_sample(
-            model_fn,
-            noise,
-            schedule,
-            motion=motion,
-            motion_mode=motion_mode,
-            cond=cond,
-            guidance=guidance,
-            ref_frames=ref_frames,
-            callback=callback,
-        )
+        prev = sample_clip(
+            model_fn, window, cond, schedule, shape, motion,
+            generator=generator, motion_mode=motion_mode, guidance=guidance,
+            ref_frames=ref_frames, device=device, dtype=dtype, callback=callback,
+        )  # fmt: skip
         yield prev
+
+
+def sample_clip(
+    model_fn: VelocityModel,
+    window: ClipWindow,
+    cond: Mapping[str, Any] | None,
+    schedule: Tensor,
+    shape: tuple[int, int, int, int],
+    motion: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    motion_mode: MotionMode = "async",
+    guidance: Guidance = DEFAULT_GUIDANCE,
+    ref_frames: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> Tensor:
+    """One clip of a plan: its noise, one ``torch.randn`` of ``(B, C, latents, h, w)`` from
+    ``generator`` (so consecutive clips drawn from one generator make a video that is a pure
+    function of the seed), sampled with ``ans_sample`` after ``motion`` (None for a first clip
+    or plain chunking). Returns the clip's latents ``(B, C, window.latents, h, w)``."""
+    b, c, h, w = shape
+    if device is None and generator is not None:
+        device = generator.device
+    noise = torch.randn(b, c, window.latents, h, w, generator=generator, device=device, dtype=dtype)
+    return ans_sample(
+        model_fn, noise, schedule, motion=motion, motion_mode=motion_mode, cond=cond,
+        guidance=guidance, ref_frames=ref_frames, callback=callback,
+    )  # fmt: skip

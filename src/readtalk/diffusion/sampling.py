@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 GuidanceMode = Literal["split", "joint", "none"]
+# READ's guidance scales: Split-CFG alpha (reference) and beta (audio), Joint-CFG gamma
+DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA = 2.0, 6.0, 6.0
 GUIDANCE_MODES: tuple[str, ...] = ("split", "joint", "none")
 
 
@@ -103,9 +105,9 @@ class Guidance:
     """
 
     mode: GuidanceMode = "split"
-    alpha: float = 2.0  # Split-CFG reference scale
-    beta: float = 6.0  # Split-CFG audio scale
-    gamma: float = 6.0  # Joint-CFG scale
+    alpha: float = DEFAULT_ALPHA  # Split-CFG reference scale
+    beta: float = DEFAULT_BETA  # Split-CFG audio scale
+    gamma: float = DEFAULT_GAMMA  # Joint-CFG scale
     batched: bool = True
 
     def __post_init__(self) -> None:
@@ -149,7 +151,12 @@ DEFAULT_GUIDANCE = Guidance()
 
 
 def split_cfg(
-    v_uncond: Tensor, v_ref: Tensor, v_full: Tensor, *, alpha: float = 2.0, beta: float = 6.0
+    v_uncond: Tensor,
+    v_ref: Tensor,
+    v_full: Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
 ) -> Tensor:
     """Split-CFG: ``v_uncond + alpha (v_ref - v_uncond) + beta (v_full - v_ref)``.
 
@@ -160,7 +167,7 @@ def split_cfg(
     return v_uncond + alpha * (v_ref - v_uncond) + beta * (v_full - v_ref)
 
 
-def joint_cfg(v_uncond: Tensor, v_full: Tensor, *, gamma: float = 6.0) -> Tensor:
+def joint_cfg(v_uncond: Tensor, v_full: Tensor, *, gamma: float = DEFAULT_GAMMA) -> Tensor:
     """Joint-CFG (Ho & Salimans 2022): ``v_uncond + gamma (v_full - v_uncond)``."""
     return v_uncond + gamma * (v_full - v_uncond)
 

@@ -31,6 +31,7 @@ compute (default: all that the given data allows).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -38,8 +39,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from readtalk.data.cache import file_sha256
+from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
+from readtalk.eval.suite import EvalConfig, evaluate, save_figure
+from readtalk.pipeline import Pipeline
+from readtalk.release import model_files
 
 TABLES = ("main", "grid", "ans", "ablations")
 ANS_MODES = {  # name -> generation settings; each row changes one thing from the default
@@ -72,9 +79,6 @@ class ResultsConfig:
 
 def generate_set(pipe, records: list[dict], out: Path, progress: bool, **kw) -> dict:
     """Generate ``out/<id>.mp4`` for each record; returns timing (seconds per 121 frames)."""
-    from tqdm import tqdm
-
-    from readtalk.data.manifest import resolve
 
     out.mkdir(parents=True, exist_ok=True)
     secs, frames = 0.0, 0
@@ -92,7 +96,6 @@ def generate_set(pipe, records: list[dict], out: Path, progress: bool, **kw) -> 
 
 
 def _score(pred: Path, data: str | Path, out: Path, cfg: ResultsConfig, **eval_kw) -> dict:
-    from readtalk.eval.suite import EvalConfig, evaluate
 
     ecfg = EvalConfig(
         syncnet=cfg.syncnet, inception=cfg.inception, i3d=cfg.i3d, device=cfg.device, **eval_kw
@@ -103,7 +106,7 @@ def _score(pred: Path, data: str | Path, out: Path, cfg: ResultsConfig, **eval_k
 def _clips(pipe) -> dict:
     """A model's clip length and motion latents: seams are scored at its own clip boundaries."""
     st = pipe.settings()
-    return {"clip_frames": st["clip_frames"], "motion_latents": st["motion_latents"]}
+    return {"clip_frames": st.clip_frames, "motion_latents": st.motion_latents}
 
 
 def score_set(
@@ -122,13 +125,11 @@ def _row(report: dict, timing: dict) -> dict:
 
 
 def _sha(path: Path) -> str | None:
-    from readtalk.data.cache import file_sha256
 
     return file_sha256(path) if path.is_file() else None
 
 
 def _model_fingerprint(model: str | Path) -> dict:
-    from readtalk.pipeline import model_files
 
     files = {**model_files(model), "pipeline": Path(model) / "pipeline.json"}
     return {k: _sha(p) for k, p in files.items()}
@@ -151,7 +152,6 @@ class _Progress:
         self.progress = progress
 
     def _fp(self, extra: dict | None) -> str:
-        import hashlib
 
         blob = json.dumps({**self.base, **(extra or {})}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -183,8 +183,6 @@ def run_results(
     progress: bool = True,
 ) -> dict:
     """Every table; writes ``results.json``, ``results.md`` and plots into ``out``."""
-    from readtalk.data.manifest import load_manifest
-    from readtalk.pipeline import Pipeline
 
     bad = [t for t in cfg.tables if t not in TABLES]
     if bad or not cfg.tables:
@@ -214,7 +212,7 @@ def run_results(
         "data": _sha(Path(data) / "manifest.jsonl") if data is not None else None,
         "settings": settings,
         "tests": [r["id"] for r in tests],
-        "pipeline": pipe.settings(),  # the model's resolved defaults, code defaults included
+        "pipeline": pipe.settings().to_dict(),  # the model's resolved defaults, code defaults included
     }
     book = _Progress(out, base, progress)
     main_kw = {"steps": cfg.main_steps} if cfg.main_steps else {}
@@ -267,7 +265,7 @@ def run_results(
 
             extra = {  # the resolved settings: a changed default recomputes the row
                 "long": _sha(Path(long) / "manifest.jsonl"),
-                "settings": pipe.settings(**main_kw, **mode),
+                "settings": pipe.settings(**main_kw, **mode).to_dict(),
             }
             row = book.row(f"ans_{name}", ans_row, extra)
             res["ans"].append({"mode": name, **row})
@@ -326,8 +324,6 @@ def results_markdown(res: dict) -> str:
 def _plot_grid(rows: list[dict], path: Path) -> None:
     import matplotlib
 
-    from readtalk.eval.suite import save_figure
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -342,67 +338,3 @@ def _plot_grid(rows: list[dict], path: Path) -> None:
     ax.set(xlabel="seconds per 121-frame clip", ylabel="mouth_corr", title="steps vs quality")
     ax.legend()
     save_figure(fig, path)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def cmd_results(a) -> None:
-    ablations = {}
-    for item in a.ablation or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ReadtalkError(f"--ablation takes name=DIR, got {item!r}")
-        ablations[name] = path
-    try:
-        steps = tuple(int(s) for s in a.steps.split(","))
-    except ValueError:
-        raise ReadtalkError(f"--steps takes numbers separated by commas, got {a.steps!r}") from None
-    tables = tuple(t.strip() for t in a.tables.split(",") if t.strip())
-    cfg = ResultsConfig(
-        tables=tables,
-        clips=a.clips,
-        main_steps=a.main_steps,
-        grid_clips=a.grid_clips,
-        steps=steps,
-        syncnet=a.syncnet or "",
-        inception=a.inception or "",
-        i3d=a.i3d or "",
-        device=a.device,
-        ablations=ablations,
-    )
-    run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
-    print((Path(a.out) / "results.md").read_text())
-    print(f"wrote {Path(a.out) / 'results.json'}")
-
-
-def add_cli(bench_sub) -> None:
-    """Register ``readtalk bench results``."""
-    p = bench_sub.add_parser("results", help="READ's tables on a dataset's test split")
-    p.add_argument("--model", required=True, help="model folder (vae/speechae/dit.safetensors)")
-    p.add_argument(
-        "--data", help="dataset with a test split (SynthTalk); all tables but ans need it"
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--long", help="dataset of long clips for the ANS table")
-    p.add_argument(
-        "--tables",
-        default=",".join(TABLES),
-        help=f"tables to compute, comma-separated (default: {','.join(TABLES)})",
-    )
-    p.add_argument("--ablation", action="append", help="name=DIR: another model folder to score")
-    p.add_argument("--clips", type=int, default=32, help="test clips in the main table (0: all)")
-    p.add_argument("--grid-clips", type=int, default=8, help="clips per steps/guidance cell")
-    p.add_argument("--steps", default="4,6,8,10", help="sampling steps to compare")
-    p.add_argument(
-        "--main-steps",
-        type=int,
-        default=8,
-        help="sampling steps of the main, ANS and ablation rows (READ's 8; 0: the model's own)",
-    )
-    p.add_argument("--syncnet", help="SyncNet weights")
-    p.add_argument("--inception", help="FID Inception weights")
-    p.add_argument("--i3d", help="FVD I3D weights")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_results)

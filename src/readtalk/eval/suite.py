@@ -34,9 +34,14 @@ import torch
 from tqdm import tqdm
 
 from readtalk.data.manifest import load_manifest, resolve
+from readtalk.data.synthtalk.mouth_reader import read_mouth
+from readtalk.diffusion.ans import plan_clips
 from readtalk.errors import ReadtalkError
 from readtalk.eval import lipsync
+from readtalk.eval.frechet import check_weights, fid, fvd
 from readtalk.eval.pixel import psnr, ssim
+from readtalk.eval.syncnet import load_syncnet, sync_scores
+from readtalk.media import contact_sheet, load_audio, read_image, read_video, write_image
 
 METRICS = (
     "sync_c",
@@ -137,7 +142,6 @@ def _unit(frames: np.ndarray) -> torch.Tensor:
 
 def boundaries(frames: int, cfg: EvalConfig) -> list[int]:
     """First frame of every clip after the first, as the pipeline plans a video of ``frames``."""
-    from readtalk.diffusion.ans import plan_clips
 
     latents = 1 + (cfg.clip_frames - 1) // cfg.temporal_factor
     plan = plan_clips(
@@ -158,7 +162,6 @@ def score_video(
     ``gt``: the reference's frames, when it has a video.
 
     Returns (per-video values, per-window values, extras for the plots)."""
-    from readtalk.media import read_image
 
     out: dict = {"frames": len(pred)}
     extras: dict = {}
@@ -169,8 +172,6 @@ def score_video(
 
     pred_gap = true_gap = None
     if ref is not None and ref.gap is not None:
-        from readtalk.data.synthtalk.mouth_reader import read_mouth
-
         pred_gap = np.array([read_mouth(f).gap for f in pred])
         true_gap = ref.gap
         m = lipsync.mouth_sync(pred_gap, true_gap, cfg.max_offset)
@@ -201,7 +202,6 @@ def score_video(
 
     if syncnet is not None and audio is not None:
         model, crop = syncnet
-        from readtalk.eval.syncnet import sync_scores
 
         r = sync_scores(model, pred, audio, crop=crop)
         out.update(sync_c=r.sync_c, sync_d=r.sync_d, sync_offset=r.offset)
@@ -245,7 +245,6 @@ def sheet_frames(gap: np.ndarray, k: int = 4, spacing: int = 5) -> np.ndarray:
 
 
 def _skip_reasons(cfg: EvalConfig, refs_synth: bool, any_gt: bool) -> dict[str, str]:
-    from readtalk.eval.frechet import check_weights
 
     skipped = {}
     if not cfg.syncnet:
@@ -279,7 +278,6 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Score every ``<id>.mp4`` in ``pred_dir``; write ``metrics.json`` and plots to ``out_dir``."""
-    from readtalk.media import load_audio, read_video
 
     cfg.validate()
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
@@ -299,8 +297,6 @@ def evaluate(
 
     syncnet = None
     if "sync_c" not in skipped:
-        from readtalk.eval.syncnet import load_syncnet
-
         syncnet = load_syncnet(cfg.syncnet, cfg.syncnet_size)
     fid_pred, fid_ref, fvd_pred, fvd_ref = [], [], [], []
     videos, windows, extras = {}, {}, {}
@@ -342,8 +338,6 @@ def evaluate(
         if scored or still:
             result["mouth_corr_all"] = float(np.sum(scored) / (len(scored) + len(still)))
     if fid_pred:
-        from readtalk.eval.frechet import fid, fvd
-
         if "fid" not in skipped:
             result["fid"] = fid(
                 fid_pred, fid_ref, cfg.inception, device=cfg.device, progress=progress
@@ -417,8 +411,6 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
     # 2b. truth over generated at the most open and most closed true mouths, up to 4 videos
     sheets = [k for k in extras if "sheet" in extras[k]][:4]
     if sheets:
-        from readtalk.media import contact_sheet, write_image
-
         tiles = [f for k in sheets for f in (*extras[k]["sheet"][0], *extras[k]["sheet"][1])]
         cols = len(extras[sheets[0]]["sheet"][0])
         if all(len(extras[k]["sheet"][0]) == cols for k in sheets):
@@ -449,50 +441,3 @@ def save_figure(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def cmd_eval(a) -> None:
-    cfg = EvalConfig(
-        syncnet=a.syncnet or "",
-        syncnet_size=a.syncnet_size,
-        inception=a.inception or "",
-        i3d=a.i3d or "",
-        window=a.window,
-        clip_frames=a.clip_frames,
-        motion_latents=a.motion_latents,
-        device=a.device,
-    )
-    report = evaluate(a.pred, a.ref, a.out, cfg, progress=not a.quiet)
-    print(f"{report['count']} videos scored -> {Path(a.out) / 'metrics.json'}")
-    for key in METRICS:
-        if key in report:
-            print(f"  {key:11s} {report[key]:.4f}")
-        if key == "mouth_corr" and report.get("mouth_still"):
-            print(
-                f"  {'':11s} over {report['count'] - report['mouth_still']} videos: the mouth "
-                f"never moves in {report['mouth_still']} (all videos, those as 0: "
-                f"{report['mouth_corr_all']:.4f})"
-            )
-    for key, why in report["skipped"].items():
-        print(f"  {key:11s} skipped: {why}")
-
-
-def add_cli(sub) -> None:
-    """Register ``readtalk eval`` on the top-level subparsers of cli.py."""
-    p = sub.add_parser("eval", help="score generated videos: lip sync, quality, identity, seams")
-    p.add_argument("--pred", required=True, help="folder of generated <id>.mp4")
-    p.add_argument("--ref", required=True, help="dataset folder (manifest.jsonl) or folder of mp4s")
-    p.add_argument("--out", required=True, help="folder for metrics.json and plots")
-    p.add_argument("--syncnet", help="SyncNet weights (syncnet_v2.model or syncnet.safetensors)")
-    p.add_argument("--syncnet-size", default="v2", help="size of an official-format SyncNet file")
-    p.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-*.pth)")
-    p.add_argument("--i3d", help="FVD I3D weights (pytorch-i3d Kinetics-400 state dict)")
-    p.add_argument("--window", type=int, default=121, help="frames per window over time")
-    p.add_argument("--clip-frames", type=int, default=121, help="the generator's clip length")
-    p.add_argument("--motion-latents", type=int, default=1, help="the generator's motion latents")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)

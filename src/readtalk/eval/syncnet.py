@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from readtalk.errors import ReadtalkError
+from readtalk.media import load_audio, probe, read_video
+from readtalk.release import load_release
 
 RELEASE_KIND = "readtalk.syncnet"
 CROPS = ("full", "lower")
@@ -206,7 +208,6 @@ def load_syncnet(path: str | Path, size: str = "v2") -> tuple[SyncNet, str]:
     carries its own size and crop. Anything else is read as a ``torch.save``d state dict in the
     official layout, such as ``syncnet_v2.model``, for size ``size``, crop ``full``.
     """
-    from readtalk.train.common import load_release
 
     path = Path(path)
     if path.is_dir():
@@ -444,69 +445,8 @@ def score_file(
     vshift: int = 15,
 ) -> SyncResult:
     """``sync_scores`` of an mp4 against its own audio track (or a separate audio file)."""
-    from readtalk.media import load_audio, probe, read_video
 
     fps = probe(video).fps
     if abs(fps - 25) > 0.01:
         raise ReadtalkError(f"{video} runs at {fps:g} fps; SyncNet scores 25 fps video")
     return sync_scores(model, read_video(video), load_audio(audio or video), crop, vshift)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def cmd_sync(a) -> None:
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    model, trained_crop = load_syncnet(a.weights, a.size)
-    crop = a.crop or trained_crop
-    src = Path(a.input)
-    if src.is_dir():
-        videos = sorted(src.glob("*.mp4"))
-        if not videos:
-            raise ReadtalkError(f"no .mp4 files in {src}")
-        if a.audio:
-            raise ReadtalkError("--audio goes with a single video, not a folder")
-    else:
-        videos = [src]
-    results = {}
-    for v in videos:
-        r = score_file(model, v, a.audio, crop, a.vshift)
-        results[v.name] = r.to_dict()
-        print(f"{v.name}: Sync-C {r.sync_c:.3f}  Sync-D {r.sync_d:.3f}  offset {r.offset:+d}")
-    mean = {
-        k: float(np.mean([r[k] for r in results.values()])) for k in ("sync_c", "sync_d", "offset")
-    }
-    if len(videos) > 1:
-        print(
-            f"mean over {len(videos)} videos: Sync-C {mean['sync_c']:.3f}  "
-            f"Sync-D {mean['sync_d']:.3f}  |offset| <= 1 in "
-            f"{sum(abs(r['offset']) <= 1 for r in results.values())}/{len(videos)}"
-        )
-    if a.json:
-        summary = {"weights": str(a.weights), "crop": crop, "vshift": a.vshift, "mean": mean}
-        Path(a.json).write_text(json.dumps({**summary, "videos": results}, indent=2))
-
-
-def add_cli(sub) -> None:
-    """Register ``readtalk sync`` on the top-level subparsers."""
-    p = sub.add_parser("sync", help="SyncNet lip-sync scores (Sync-C, Sync-D, AV offset)")
-    p.add_argument("input", help="an mp4 with audio, or a folder of them")
-    p.add_argument(
-        "--weights",
-        required=True,
-        help="syncnet.safetensors (readtalk train syncnet) or the official syncnet_v2.model",
-    )
-    p.add_argument("--audio", default=None, help="score against this audio file instead")
-    p.add_argument(
-        "--crop",
-        choices=CROPS,
-        default=None,
-        help="full: whole frame (face crops, SynthTalk); lower: its lower half "
-        "(default: what the weights were trained on; full for the official file)",
-    )
-    p.add_argument("--size", default="v2", help="layout of a bare state dict (default v2)")
-    p.add_argument("--vshift", type=int, default=15, help="offsets searched: -N..N frames")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--json", default=None, help="also write the scores to this JSON file")
-    p.set_defaults(func=cmd_sync)

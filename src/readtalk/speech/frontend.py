@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from readtalk.errors import ReadtalkError
+from readtalk.media import load_audio
 from readtalk.speech.whisper import WhisperEncoder, default_whisper_path, load_whisper_encoder
 
 __all__ = [
@@ -239,7 +240,6 @@ class _FrontEndBase:
 
     def features_from_file(self, path: str | os.PathLike) -> torch.Tensor:
         """Features of any audio/video file PyAV can read (resampled to 16 kHz mono)."""
-        from readtalk.media import load_audio
 
         return self.features(load_audio(path, SAMPLE_RATE))
 

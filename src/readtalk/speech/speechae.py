@@ -28,6 +28,7 @@ raw per-frame features (``code_dim = 8 * feat_dim``). It is written by ``readtal
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +38,11 @@ from torch import nn
 
 from readtalk.errors import ReadtalkError
 from readtalk.layers import CausalConv1d, CausalResBlock1d, ChannelNorm1d
+from readtalk.media import SAMPLES_PER_FRAME
+from readtalk.release import load_release, release_path
 
 TIME_FACTOR = 8  # the VAE's temporal compression
+SPEECHAE_KIND = "readtalk.speechae"  # release file kind
 
 
 @dataclass(frozen=True)
@@ -191,12 +195,19 @@ def window_codes(
     pipeline (inference) both call this, and features computed once for a whole long recording
     would not match them.
     """
-    from readtalk.speech.frontend import SAMPLE_RATE
-
-    spf = SAMPLE_RATE // 25  # samples per video frame
+    spf = SAMPLES_PER_FRAME
     window = np.zeros(frames * spf, np.float32)
     piece = audio[start * spf : (start + frames) * spf]
     window[: len(piece)] = piece
     feats = front_end.video_features(window, frames).reshape(1, frames, -1)  # (1, F, 2 dim)
     device = model.feat_mean.device  # a raw SpeechAE has no parameters, only its statistics
     return model.encode(feats.to(device, torch.float32)).float()
+
+
+def load_speechae(path: str | os.PathLike) -> SpeechAE:
+    """A trained SpeechAE from its release file (or a run folder holding one)."""
+    tensors, meta = load_release(release_path(path, "speechae.safetensors"), SPEECHAE_KIND)
+    cfg = SpeechAEConfig(**json.loads(meta["config"]))
+    model = SpeechAE(cfg)
+    model.load_state_dict(tensors)
+    return model.eval()

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from readtalk.errors import ReadtalkError
@@ -228,8 +230,6 @@ def _finish(model: WhisperEncoder, state: dict[str, torch.Tensor], source: Path)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path))

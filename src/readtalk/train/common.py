@@ -17,69 +17,22 @@ metrics, evaluates (every rank, when the model is sharded) and saves.
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from readtalk.config import save_config
 from readtalk.errors import ReadtalkError
+from readtalk.release import atomic_save
 from readtalk.train import dist
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 100
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 500
-    ckpt_every: int = 250
-    keep_last: int = 3
-    threads: int = 0  # torch CPU threads (0: torch's default)
-    device: str = "auto"  # auto | cpu | cuda (auto: CUDA when there is one; cuda:LOCAL_RANK)
-    precision: str = "fp32"  # fp32 | bf16 (autocast; float32 weights and optimiser state)
-    parallel: str = "auto"  # under torchrun: ddp | fsdp (DiT) | auto (fsdp from 1e9 params)
-    checkpointing: bool = False  # activation checkpointing of transformer blocks (DiT)
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "keep_last"):
-            if getattr(self, name) <= 0:
-                raise ReadtalkError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ReadtalkError(f"train.lr must be positive, got {self.lr}")
-        for name, known in (
-            ("device", ("auto", "cpu", "cuda")),
-            ("precision", ("fp32", "bf16")),
-            ("parallel", ("auto", "ddp", "fsdp")),
-        ):
-            if getattr(self, name) not in known:
-                raise ReadtalkError(
-                    f"train.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}"
-                )
-
-
-def cosine_lr(step: int, cfg: OptimConfig) -> float:
-    """Linear warm-up, then cosine decay to 10 % of the peak."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+from readtalk.train.optim import OptimConfig, cosine_lr
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -106,17 +59,6 @@ def start_run(cfg: Any, out: str | Path, resume: bool) -> Run:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     return run
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Run:
@@ -194,65 +136,6 @@ class Run:
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
         path.write_text("".join(line + "\n" for line in keep))
-
-
-# ----------------------------------------------------------------------------- release files
-
-
-def save_release(
-    path: str | Path,
-    state_dict: dict[str, torch.Tensor],
-    kind: str,
-    config_json: str,
-    extra: dict[str, str] | None = None,
-) -> Path:
-    """Slim release weights: safetensors with ``kind`` and the config JSON in the metadata."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    meta = {"kind": kind, "config": config_json, **(extra or {})}
-    return write_safetensors(path, tensors, meta)
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write a safetensors file atomically (a partial name, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, as stored."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReadtalkError(f"weights file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
-    except Exception as e:
-        raise ReadtalkError(f"{path} is not a safetensors weights file ({e})") from None
-
-
-def release_path(path: str | os.PathLike, filename: str) -> Path:
-    """A release file given directly, or as ``filename`` inside the run folder given."""
-    p = Path(path)
-    return p / filename if p.is_dir() else p
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """float16 / bfloat16 -> float32 (releases may be stored in half precision, see
-    ``readtalk export``); other tensors unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def load_release(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a release file written by ``save_release``; checks its kind."""
-    tensors, meta = read_safetensors(path)
-    tensors = {k: upcast(v) for k, v in tensors.items()}  # half-precision releases (export)
-    if meta.get("kind") != kind:
-        raise ReadtalkError(f"{path} holds {meta.get('kind', 'unknown')!r} weights, not {kind!r}")
-    return tensors, meta
 
 
 # ----------------------------------------------------------------------------------- the loop

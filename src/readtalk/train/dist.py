@@ -26,7 +26,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,9 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from readtalk.errors import ReadtalkError
-
-if TYPE_CHECKING:
-    from readtalk.train.common import OptimConfig
+from readtalk.train.optim import OptimConfig
 
 T = TypeVar("T")
 FSDP_AUTO_PARAMS = 1_000_000_000  # parallel=auto shards models at least this large (paper DiT)

@@ -33,9 +33,29 @@ import numpy as np
 import torch
 
 from readtalk.config import to_dict
+from readtalk.data.cache import CachedLatents
+from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
+from readtalk.diffusion import (
+    ANS_TRAIN_MODES,
+    Guidance,
+    add_noise,
+    ans_train_timesteps,
+    condition_dropout,
+    flow_matching_loss,
+    frame_loss_mask,
+    motion_token_weights,
+    sample_euler,
+    timestep_schedule,
+)
+from readtalk.dit import DIT_SIZES, A2VDiT
+from readtalk.dit.release import load_dit_release, save_dit_release
 from readtalk.errors import ReadtalkError
+from readtalk.eval.lipsync import locate_mouth, mouth_darkness
+from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
-from readtalk.train.common import OptimConfig, fit, start_run
+from readtalk.train.common import fit, start_run
+from readtalk.train.optim import OptimConfig
+from readtalk.vae.factorised import load_vae
 
 RELEASE_KIND = "readtalk.dit"
 EVAL_T = (0.25, 0.5, 0.75)
@@ -73,8 +93,6 @@ class DiTRunConfig:
     )
 
     def validate(self) -> None:
-        from readtalk.diffusion import ANS_TRAIN_MODES
-        from readtalk.dit import DIT_SIZES
 
         if not self.cache:
             raise ReadtalkError("no cache given (--cache)")
@@ -95,7 +113,6 @@ class DiTRunConfig:
         self.train.validate()
 
     def model_config(self, meta: dict):
-        from readtalk.dit import DIT_SIZES
 
         return dataclasses.replace(
             DIT_SIZES[self.size],
@@ -107,7 +124,6 @@ class DiTRunConfig:
 def init_from_release(model, path: str) -> None:
     """Load a DiT release's weights into ``model`` (its latent statistics are not used: the
     run normalises with its own cache's); a different architecture is a one-line error."""
-    from readtalk.pipeline import load_dit_release
 
     rel = load_dit_release(path)
     theirs, ours = dataclasses.asdict(rel.model.cfg), dataclasses.asdict(model.cfg)
@@ -130,14 +146,6 @@ def dit_losses(
     The random draws (timesteps, noise, condition dropout) are made for the whole ``batch``, on
     the CPU; the model sees its rows ``part`` (a rank's share under torchrun) on its own device,
     and a share's loss is scaled so that the mean over the shares is the whole batch's loss."""
-    from readtalk.diffusion import (
-        add_noise,
-        ans_train_timesteps,
-        condition_dropout,
-        flow_matching_loss,
-        frame_loss_mask,
-        motion_token_weights,
-    )
 
     z0 = batch["latent"]  # (B, C, f, h, w)
     b, _, f = z0.shape[:3]
@@ -190,7 +198,6 @@ def eval_loss(model, data, batch_size: int, limit: int = 0, audio: bool = True) 
     reference) with noise from a fixed seed, every condition kept: deterministic. With
     ``audio=False`` the speech is dropped (the null speech tokens of classifier-free guidance):
     the loss without the speech minus the loss with it is how much the model uses the speech."""
-    from readtalk.diffusion import add_noise, flow_matching_loss
 
     n = len(data) if not limit else min(limit, len(data))
     gen = torch.Generator().manual_seed(EVAL_SEED)
@@ -220,8 +227,6 @@ def train_dit(
 ) -> Path | None:
     """Train (or resume) the DiT on a cache; returns the release path (None when ``stop_at``
     ended the run early, as an interruption would; ``resume`` continues it)."""
-    from readtalk.data.cache import CachedLatents
-    from readtalk.dit import A2VDiT
 
     run = start_run(cfg, out, resume)
     tc = cfg.train
@@ -320,8 +325,6 @@ class SampleWriter:
     def __init__(
         self, folder: Path, test, n: int, d: DiffusionConfig, device: torch.device | str = "cpu"
     ) -> None:
-        from readtalk.eval.lipsync import locate_mouth
-        from readtalk.vae.factorised import load_vae
 
         vae_path = (test.meta.get("vae") or {}).get("path")
         if not vae_path or not Path(vae_path).is_file():
@@ -344,7 +347,6 @@ class SampleWriter:
     @torch.no_grad()
     def _frames(self, z: torch.Tensor) -> np.ndarray:
         """Normalised latents (n, C, f, h, w) -> uint8 videos (n, F, H, W, 3)."""
-        from readtalk.train.vae import to_uint8
 
         z = self.test.denormalize(z.float().cpu()).to(self.device)
         return to_uint8(self.vae.decode(z))  # (n, F, H, W, 3)
@@ -353,7 +355,6 @@ class SampleWriter:
         """Mean Pearson correlation of the read lip gap with the true one (NaN when undefined:
         no ground truth, or no mouth ever seen) and the fraction of frames with a visible
         mouth opening (0 when the model or the VAE draws no mouth at all)."""
-        from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
 
         scores, visible = [], []
         for video, gap in zip(videos, self.batch["gap"].numpy(), strict=True):
@@ -367,8 +368,6 @@ class SampleWriter:
     def _dark(self, videos: np.ndarray) -> float:
         """Mean Pearson correlation of the darkness at each window's mouth spot with the true
         gap: lip sync that blur cannot hide (NaN without ground truth)."""
-        from readtalk.eval.lipsync import mouth_darkness, pearson
-
         scores = []
         for video, gap, c in zip(videos, self.batch["gap"].numpy(), self.centers, strict=True):
             if not np.isnan(gap).any():
@@ -378,8 +377,6 @@ class SampleWriter:
 
     @torch.no_grad()
     def __call__(self, model, step: int) -> dict[str, float]:
-        from readtalk.diffusion import Guidance, sample_euler, timestep_schedule
-        from readtalk.media import contact_sheet, write_image, write_video
 
         def model_fn(z, t, rm, am, cond):
             return model(z, t, cond["ref"], cond["audio"], rm, am)
@@ -416,7 +413,6 @@ def save_dit(path: str | Path, model, meta: dict, diffusion: DiffusionConfig) ->
     """The DiT release (format: ``readtalk.pipeline.save_dit_release``): weights, the latent
     statistics, and the settings inference reads (``steps``, ``motion_latents``, ``clip_frames``,
     ``size``) beside the full training diffusion config."""
-    from readtalk.pipeline import save_dit_release
 
     d = dataclasses.asdict(diffusion)
     settings = {
@@ -444,7 +440,6 @@ def load_dit(path: str | Path):
     """A trained DiT from its release (or a run folder holding one) -> ``(model, info)`` where
     ``info`` has ``latent_mean``/``latent_std`` tensors (C,), ``diffusion`` (DiffusionConfig),
     ``vae``/``speechae`` (dicts with the path and SHA-256 of the weights the cache used)."""
-    from readtalk.pipeline import load_dit_release
 
     rel = load_dit_release(path)
     known = {f.name for f in dataclasses.fields(DiffusionConfig)}
@@ -456,28 +451,3 @@ def load_dit(path: str | Path):
         "speechae": rel.extra.get("speechae", {}),
     }
     return rel.model, info
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_train_dit(a) -> None:
-    from readtalk.cli import _train_config
-
-    if a.data:
-        raise ReadtalkError("train dit reads a latent cache: pass --cache (see readtalk cache)")
-    cfg = _train_config(DiTRunConfig, a, {"cache": a.cache, "size": a.size})
-    path = train_dit(cfg, a.out, resume=a.resume, progress=not a.quiet)
-    if dist.is_main():
-        print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
-
-
-def add_cli(train_sub) -> None:
-    """Register ``readtalk train dit`` on the ``train`` subparsers."""
-    from readtalk.cli import _add_train_args
-
-    p = train_sub.add_parser("dit", help="train the audio-to-video DiT on a latent cache")
-    _add_train_args(p)
-    p.add_argument("--cache", default=None, help="cache folder written by readtalk cache")
-    p.add_argument("--size", default=None, help="DiT size: debug, tiny, small, base, paper")
-    p.set_defaults(func=cmd_train_dit)

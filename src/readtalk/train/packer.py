@@ -30,10 +30,14 @@ from tqdm import tqdm
 from readtalk.config import to_dict
 from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
-from readtalk.media import read_video
+from readtalk.media import fit_size, read_video, to_tensor
+from readtalk.release import atomic_save
 from readtalk.train import dist
-from readtalk.train.common import OptimConfig, atomic_save, fit, start_run
-from readtalk.train.vae import eval_videos, evaluate_videos, fit_size, is_synthtalk, to_tensor
+from readtalk.train.common import fit, start_run
+from readtalk.train.optim import OptimConfig
+from readtalk.train.vae import eval_videos, evaluate_videos, is_synthtalk
+from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
+from readtalk.vae.model import VideoVAE
 
 LATENTS = "frame_latents.pt"
 
@@ -160,8 +164,6 @@ def train_packer(
     stop_at: int | None = None,
 ) -> Path | None:
     """Train (or resume) the packer; returns the release path (None when stopped early)."""
-    from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
-    from readtalk.vae.model import VideoVAE
 
     run = start_run(cfg, out, resume)
     tc = cfg.train

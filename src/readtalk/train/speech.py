@@ -22,7 +22,6 @@ written right after the feature statistics, and the run has no steps):
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +30,13 @@ import torch
 from tqdm import tqdm
 
 from readtalk.config import to_dict
-from readtalk.data.manifest import load_manifest, resolve
+from readtalk.data.manifest import clip_audio_path, load_manifest, resolve
 from readtalk.errors import ReadtalkError
+from readtalk.media import load_audio, probe
+from readtalk.release import atomic_save, save_release
+from readtalk.speech.frontend import load_front_end
 from readtalk.speech.speechae import (
+    SPEECHAE_KIND,
     SPEECHAE_SIZES,
     TIME_FACTOR,
     SpeechAE,
@@ -42,17 +45,9 @@ from readtalk.speech.speechae import (
     speechae_losses,
 )
 from readtalk.train import dist
-from readtalk.train.common import (
-    OptimConfig,
-    atomic_save,
-    fit,
-    load_release,
-    release_path,
-    save_release,
-    start_run,
-)
+from readtalk.train.common import fit, start_run
+from readtalk.train.optim import OptimConfig
 
-RELEASE_KIND = "readtalk.speechae"
 MODES = ("pretrain", "random", "raw")
 
 
@@ -108,16 +103,10 @@ class SpeechRunConfig:
 # ------------------------------------------------------------------------------------- features
 
 
-def clip_audio_path(rec: dict) -> Path:
-    """The lossless wav when the dataset has one, else the video's own audio track."""
-    return resolve(rec, "audio") if rec.get("audio") else resolve(rec, "video")
-
-
 def extract_features(
     records: list[dict], front_end, progress: bool = True
 ) -> dict[str, torch.Tensor]:
     """Per clip: (F, 2 * dim) front-end features, two feature frames per video frame."""
-    from readtalk.media import load_audio, probe
 
     out = {}
     for rec in tqdm(
@@ -132,7 +121,6 @@ def extract_features(
 
 def cached_features(cfg: SpeechRunConfig, run_dir: Path, progress: bool) -> dict:
     """{"train": {id: feats}, "test": {...}, "front_end": name, "dim": d}, cached in the run."""
-    from readtalk.speech.frontend import load_front_end
 
     front_end = load_front_end(cfg.front_end, cfg.whisper or None)
     path = run_dir / f"features-{front_end.name}.pt"
@@ -216,7 +204,7 @@ def train_speech(
     release = run.root / "speechae.safetensors"
     if cfg.mode != "pretrain":  # an ablation's SpeechAE: no training
         if dist.is_main():
-            save_release(release, model.state_dict(), RELEASE_KIND, mcfg.to_json())
+            save_release(release, model.state_dict(), SPEECHAE_KIND, mcfg.to_json())
             run.log(f"SpeechAE {mcfg} ({cfg.mode}, not trained): wrote {release}")
         dist.barrier()
         return release
@@ -252,16 +240,7 @@ def train_speech(
     if not done:
         return None
     if dist.is_main():
-        save_release(release, model.state_dict(), RELEASE_KIND, mcfg.to_json())
+        save_release(release, model.state_dict(), SPEECHAE_KIND, mcfg.to_json())
         run.log(f"wrote {release}")
     dist.barrier()
     return release
-
-
-def load_speechae(path: str | Path) -> SpeechAE:
-    """A trained SpeechAE from its release file (or a run folder holding one)."""
-    tensors, meta = load_release(release_path(path, "speechae.safetensors"), RELEASE_KIND)
-    cfg = SpeechAEConfig(**json.loads(meta["config"]))
-    model = SpeechAE(cfg)
-    model.load_state_dict(tensors)
-    return model.eval()

@@ -52,8 +52,11 @@ from readtalk.eval.syncnet import (
     window_count,
     window_distances,
 )
+from readtalk.media import load_audio, probe, read_video
+from readtalk.release import atomic_save, save_release
 from readtalk.train import dist
-from readtalk.train.common import OptimConfig, atomic_save, fit, save_release, start_run
+from readtalk.train.common import fit, start_run
+from readtalk.train.optim import OptimConfig
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,6 @@ class ClipBank:
 
     @staticmethod
     def _build(records: list[dict], size: int, crop: str, stem: Path, progress: bool) -> None:
-        from readtalk.media import load_audio, probe, read_video
 
         counts = [int(r.get("frames") or probe(resolve(r, "video")).frames) for r in records]
         tmp = stem.with_name(f".{stem.name}.partial.npy")
@@ -307,27 +309,3 @@ def train_syncnet(
         run.log(f"wrote {release}")
     dist.barrier()
     return release
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_train_syncnet(a) -> None:
-    from readtalk.cli import _train_config
-
-    cfg = _train_config(SyncNetRunConfig, a, {"size": a.size, "crop": a.crop})
-    path = train_syncnet(cfg, a.out, resume=a.resume, progress=not a.quiet)
-    print(f"wrote {path} (metrics in {Path(a.out) / 'metrics.jsonl'})")
-
-
-def add_cli(train_sub) -> None:
-    """Register ``readtalk train syncnet`` on the ``train`` subparsers."""
-    from readtalk.cli import _add_train_args
-
-    p = train_sub.add_parser("syncnet", help="train a SyncNet lip-sync judge on a dataset")
-    _add_train_args(p)
-    p.add_argument(
-        "--size", default=None, help=f"SyncNet size: {', '.join(SYNCNET_SIZES)} (default small96)"
-    )
-    p.add_argument("--crop", choices=CROPS, default=None, help="frame crop (default full)")
-    p.set_defaults(func=cmd_train_syncnet)

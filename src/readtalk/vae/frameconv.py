@@ -12,7 +12,7 @@ to float rounding; clips of more than one frame take the 3D path unchanged.
 ``use_frame_path(ae)`` switches every causal convolution and spatio-temporal downsampler of a
 diffusers ``AutoencoderKLLTXVideo`` to these subclasses in place (their parameters and state
 dict keys are those of the originals); ``VideoVAE`` does so for every VAE it builds.
-``scripts/bench_frame_path.py`` times both paths (docs/speed.md).
+``docs/experiments/bench_frame_path.py`` times both paths (docs/speed.md).
 """
 
 from __future__ import annotations

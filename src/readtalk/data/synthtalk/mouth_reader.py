@@ -25,8 +25,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from readtalk.data.manifest import load_manifest, load_track, resolve
 from readtalk.data.synthtalk.render import BRIGHT, DARK, cavity_distance, luma
+from readtalk.media import iter_frames
 
 NEAR, FAR = 12.0, 40.0  # colour distances at which the locating score is 1 and 0
 # The visible interior is the gap minus the teeth band (0.2 of it) and, near the centre, the
@@ -128,10 +131,6 @@ def reader_agreement(
     true lip gap, and vs the openness parameter) and width (on frames whose mouth is open),
     pooled over all frames and as the mean over clips, plus the mean absolute error of the gap.
     """
-    from tqdm import tqdm
-
-    from readtalk.data.manifest import load_manifest, load_track, resolve
-    from readtalk.media import iter_frames
 
     records = load_manifest(dataset, split)
     if max_clips:

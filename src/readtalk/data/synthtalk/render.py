@@ -369,13 +369,27 @@ class FaceRenderer:
         return np.broadcast_to(bg, (S, S, 3)) * vign[..., None]
 
     def _head(self):
-        idn, S = self.idn, self.S
-        c = _Canvas(S)
-        skin, hair = idn.skin, idn.hair
+        """The static head layer (frame-resolution premultiplied RGB and alpha) and the hi-res
+        canvas the per-frame eye and mouth patches start from."""
+        c = _Canvas(self.S)
+        self._hair_behind(c)
+        self._neck_ears_face(c)
+        self._hair_on_top(c)
+        self._brows(c)
+        self._nose(c)
+        hi_base = _copy_canvas(c)  # base for the per-frame patches: no eyes, no mouth yet
+        if self.idn.glasses:
+            self._glasses(c)
+            hi_base = _copy_canvas(c)
+        pm, a = c.downsample()
+        return pm, a, hi_base
+
+    def _hair_behind(self, c: _Canvas) -> None:
+        """Hair behind the head (long, bob, bun)."""
+        idn, hair = self.idn, self.idn.hair
         cx = 0.5
         hv = idn.hair_volume
         top = idn.cy - idn.face_h
-        # hair behind the head
         if idn.hair_style == "long":
             crown = ellipse_pts(
                 (cx, idn.cy - 0.02),
@@ -394,7 +408,11 @@ class FaceRenderer:
             )
         if idn.hair_style == "bun":
             c.ellipse((cx, top - 0.03), (0.05 * hv, 0.045 * hv), hair)
-        # neck and ears
+
+    def _neck_ears_face(self, c: _Canvas) -> None:
+        """Neck and ears, the face, and the cheek blush."""
+        idn, skin = self.idn, self.idn.skin
+        cx = 0.5
         nw = idn.face_w * 0.48
         c.poly(
             np.array(
@@ -420,7 +438,13 @@ class FaceRenderer:
                 (230, 120, 120),
                 opacity=idn.blush,
             )
-        # hair on top
+
+    def _hair_on_top(self, c: _Canvas) -> None:
+        """Hair on top of the head: cap and fringe, curls, or buzz-cut stubble."""
+        idn, skin, hair = self.idn, self.idn.skin, self.idn.hair
+        cx = 0.5
+        hv = idn.hair_volume
+        top = idn.cy - idn.face_h
         if idn.hair_style in ("short", "long", "bob", "bun", "side", "curly"):
             cap = ellipse_pts(
                 (cx, top + idn.face_h * 0.42),
@@ -462,14 +486,20 @@ class FaceRenderer:
                 a1=2 * math.pi,
             )
             c.poly(cap, tuple(0.45 * np.array(skin) + 0.55 * np.array(hair)))
-        # brows
+
+    def _brows(self, c: _Canvas) -> None:
+        idn = self.idn
+        cx = 0.5
         for sx in (-1, 1):
             ex = cx + sx * idn.eye_dx
             by = idn.eye_y - idn.brow_y
             xs = np.linspace(-1.2, 1.2, 9) * idn.eye_w
             ys = by - 0.006 * (1 - (xs / (1.2 * idn.eye_w)) ** 2) + sx * xs * idn.brow_tilt * 0.2
-            c.polyline(np.stack([ex + sx * xs, ys], 1), _shade(hair, 0.8), idn.brow_thick)
-        # nose
+            c.polyline(np.stack([ex + sx * xs, ys], 1), _shade(idn.hair, 0.8), idn.brow_thick)
+
+    def _nose(self, c: _Canvas) -> None:
+        idn, skin = self.idn, self.idn.skin
+        cx = 0.5
         ny = idn.eye_y + idn.nose_len
         c.polyline(
             np.array(
@@ -481,28 +511,25 @@ class FaceRenderer:
         )
         for sx in (-1, 1):
             c.ellipse((cx + sx * 0.012, ny + 0.004), (0.007, 0.004), _shade(skin, 0.6), 0.0, 0.8)
-        hi_base = _copy_canvas(c)  # base for the per-frame patches: no eyes, no mouth yet
-        if idn.glasses:
-            # light metal or gold rims: nothing dark may sit near the mouth reader's search area
-            rim = (150, 150, 160) if idn.hair[0] < 120 else (190, 160, 90)
-            for sx in (-1, 1):
-                g = ellipse_pts(
-                    (cx + sx * idn.eye_dx, idn.eye_y), (idn.eye_w * 1.6, idn.eye_h * 2.4)
-                )
-                c.polyline(np.concatenate([g, g[:1]]), rim, 0.005)
-            c.polyline(
-                np.array(
-                    [
-                        [cx - idn.eye_dx + idn.eye_w * 1.6, idn.eye_y],
-                        [cx + idn.eye_dx - idn.eye_w * 1.6, idn.eye_y],
-                    ]
-                ),
-                rim,
-                0.004,
-            )
-            hi_base = _copy_canvas(c)
-        pm, a = c.downsample()
-        return pm, a, hi_base
+
+    def _glasses(self, c: _Canvas) -> None:
+        idn = self.idn
+        cx = 0.5
+        # light metal or gold rims: nothing dark may sit near the mouth reader's search area
+        rim = (150, 150, 160) if idn.hair[0] < 120 else (190, 160, 90)
+        for sx in (-1, 1):
+            g = ellipse_pts((cx + sx * idn.eye_dx, idn.eye_y), (idn.eye_w * 1.6, idn.eye_h * 2.4))
+            c.polyline(np.concatenate([g, g[:1]]), rim, 0.005)
+        c.polyline(
+            np.array(
+                [
+                    [cx - idn.eye_dx + idn.eye_w * 1.6, idn.eye_y],
+                    [cx + idn.eye_dx - idn.eye_w * 1.6, idn.eye_y],
+                ]
+            ),
+            rim,
+            0.004,
+        )
 
     def _body(self):
         idn, S = self.idn, self.S

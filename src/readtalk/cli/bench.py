@@ -1,0 +1,165 @@
+"""``readtalk bench synth | speed | results``: speed benchmarks and READ's tables."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from readtalk.cli.common import set_threads
+from readtalk.cli.data import add_synth_args, synth_config
+from readtalk.errors import ReadtalkError
+
+# readtalk.eval.results.TABLES, spelt out so that `readtalk --help` stays instant
+# (tests/test_cli.py checks they agree)
+RESULT_TABLES = ("main", "grid", "ans", "ablations")
+
+
+def cmd_bench_synth(a: argparse.Namespace) -> None:
+    from readtalk.data.synthtalk import generate
+
+    cfg = synth_config(a)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        generate(cfg, Path(tmp) / "bench", progress=not a.quiet)
+        dt = time.perf_counter() - t0
+    cps = cfg.clips / dt
+    fps = cps * cfg.frames
+    video_s = cfg.clips * cfg.duration
+    print(
+        f"synthtalk bench: {cfg.clips} clips x {cfg.frames} frames at {cfg.size}px, "
+        f"workers={cfg.workers or 'all'}"
+    )
+    print(
+        f"  wall {dt:.2f} s | {cps:.3f} clips/s | {fps:.1f} frames/s | "
+        f"{video_s / dt:.2f}x real time"
+    )
+    print(f"  1,000 clips would take {1000 / cps / 60:.1f} min")
+
+
+def configure_speed_parser(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``readtalk bench speed``."""
+    p.add_argument("--size", default="small", help="DiT size: debug, tiny, small, base, paper")
+    p.add_argument("--res", type=int, default=256, help="frame size in pixels (multiple of 32)")
+    p.add_argument(
+        "--vae-preset", default=None, help="VAE preset (default: the one with the DiT's channels)"
+    )
+    p.add_argument(
+        "--factorised",
+        action="store_true",
+        help="time a factorised VAE (the preset's frame path + packer) instead of the video VAE",
+    )
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--cfg", choices=("split", "joint", "none"), default="split")
+    p.add_argument("--clip-frames", type=int, default=121, help="frames per clip, 8k+1")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--front-end",
+        choices=("auto", "whisper", "logmel"),
+        default="auto",
+        help="speech front end (auto: whisper if its weights are installed)",
+    )
+    p.add_argument("--whisper", default=None, help="Whisper-tiny weights (default: packaged)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--repeats", type=int, default=3, help="best of N for the short timings")
+    p.add_argument(
+        "--flops-only", action="store_true", help="print the DiT's FLOPs without running it"
+    )
+    p.add_argument("--quiet", action="store_true", help="(no progress bars are shown anyway)")
+
+
+def cmd_bench_speed(a: argparse.Namespace) -> None:
+    """``readtalk bench speed``."""
+    from readtalk.bench import flops_report, run_speed
+
+    set_threads(a.threads)
+    if a.flops_only:
+        print(flops_report(a.size, a.res, a.clip_frames, a.steps, a.cfg))
+        return
+    run_speed(
+        a.size, a.res, vae_preset=a.vae_preset, steps=a.steps, cfg=a.cfg,
+        clip_frames=a.clip_frames, device=a.device, dtype=a.dtype, front_end=a.front_end,
+        whisper=a.whisper, repeats=a.repeats, factorised=a.factorised,
+    )  # fmt: skip
+
+
+def cmd_results(a: argparse.Namespace) -> None:
+    from readtalk.eval.results import ResultsConfig, run_results
+
+    ablations = {}
+    for item in a.ablation or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ReadtalkError(f"--ablation takes name=DIR, got {item!r}")
+        ablations[name] = path
+    try:
+        steps = tuple(int(s) for s in a.steps.split(","))
+    except ValueError:
+        raise ReadtalkError(f"--steps takes numbers separated by commas, got {a.steps!r}") from None
+    tables = tuple(t.strip() for t in a.tables.split(",") if t.strip())
+    cfg = ResultsConfig(
+        tables=tables,
+        clips=a.clips,
+        main_steps=a.main_steps,
+        grid_clips=a.grid_clips,
+        steps=steps,
+        syncnet=a.syncnet or "",
+        inception=a.inception or "",
+        i3d=a.i3d or "",
+        device=a.device,
+        ablations=ablations,
+    )
+    run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
+    print((Path(a.out) / "results.md").read_text())
+    print(f"wrote {Path(a.out) / 'results.json'}")
+
+
+def _add_results(bench_sub) -> None:
+    """``readtalk bench results``."""
+    p = bench_sub.add_parser("results", help="READ's tables on a dataset's test split")
+    p.add_argument("--model", required=True, help="model folder (vae/speechae/dit.safetensors)")
+    p.add_argument(
+        "--data", help="dataset with a test split (SynthTalk); all tables but ans need it"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--long", help="dataset of long clips for the ANS table")
+    p.add_argument(
+        "--tables",
+        default=",".join(RESULT_TABLES),
+        help=f"tables to compute, comma-separated (default: {','.join(RESULT_TABLES)})",
+    )
+    p.add_argument("--ablation", action="append", help="name=DIR: another model folder to score")
+    p.add_argument("--clips", type=int, default=32, help="test clips in the main table (0: all)")
+    p.add_argument("--grid-clips", type=int, default=8, help="clips per steps/guidance cell")
+    p.add_argument("--steps", default="4,6,8,10", help="sampling steps to compare")
+    p.add_argument(
+        "--main-steps",
+        type=int,
+        default=8,
+        help="sampling steps of the main, ANS and ablation rows (READ's 8; 0: the model's own)",
+    )
+    p.add_argument("--syncnet", help="SyncNet weights")
+    p.add_argument("--inception", help="FID Inception weights")
+    p.add_argument("--i3d", help="FVD I3D weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_results)
+
+
+def register(sub) -> None:
+    """``readtalk bench BENCH`` on the top-level subparsers."""
+    bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(
+        dest="bench", required=True, metavar="BENCH"
+    )
+    p = bench.add_parser("synth", help="SynthTalk generation speed (clips per second)")
+    add_synth_args(p, clips=16)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_synth)
+    p = bench.add_parser(
+        "speed", help="DiT / VAE / speech timings and FLOPs of one clip (random weights)"
+    )
+    configure_speed_parser(p)
+    p.set_defaults(func=cmd_bench_speed)
+    _add_results(bench)

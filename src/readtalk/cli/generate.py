@@ -1,0 +1,130 @@
+"""``readtalk generate | demo | export``: models turned into videos, and model folders made."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from readtalk.cli.common import add_model_args, add_settings_args, load_pipeline, settings_overrides
+from readtalk.errors import ReadtalkError
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    """``readtalk generate``."""
+    pipe = load_pipeline(a)
+    res = pipe.generate_to_file(
+        pipe.prepare_image(a.image, a.crop), a.audio, a.out, progress=not a.quiet,
+        **settings_overrides(a),
+    )  # fmt: skip
+    print(
+        f"wrote {res.path}: {res.num_frames} frames ({res.duration:.2f} s at {res.fps} fps, "
+        f"{res.size}x{res.size}, {res.clips} clip{'s' if res.clips != 1 else ''}) in "
+        f"{res.seconds:.1f} s (real-time factor {res.realtime_factor:.2f})"
+    )
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    """``readtalk demo``."""
+    from readtalk.demo import run_demo, synth_sample
+
+    out = Path(a.out)
+    res = run_demo(out, a.model, a.image, a.audio, a.seed, a.device, progress=True)
+    if res["model"]:
+        said = f' saying "{res["text"]}"' if res["text"] else ""
+        print(
+            f"wrote {res['video']}{said}: {res['frames']} frames for {res['audio_seconds']:.2f} s "
+            f"of speech in {res['seconds']:.2f} s (real-time factor {res['rtf']:.2f})"
+            + (f"; SynthTalk's rendering of the same: {res['truth']}" if "truth" in res else "")
+        )
+        return
+    print("no trained demo model is installed yet: writing a SynthTalk sample instead")
+    records = synth_sample(out, a.clips, a.size, a.seed)
+    print(
+        f"SynthTalk sample: {len(records)} talking-head clips in {out}/video/*.mp4 "
+        f"(ground truth in {out}/track, overview in {out}/sheet.png)"
+    )
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from readtalk.export import export_model
+
+    defaults = {}
+    for item in a.set or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ReadtalkError(f"--set wants key=value, got {item!r}")
+        defaults[key] = _value(val)
+    if a.copy_defaults:
+        src = Path(a.copy_defaults)
+        try:
+            defaults = {**json.loads(src.read_text()), **defaults}
+        except (OSError, json.JSONDecodeError) as e:
+            raise ReadtalkError(f"cannot read {src} ({e})") from None
+    res = export_model(a.out, a.vae, a.speech, a.dit, dtype=a.dtype, defaults=defaults or None)
+    for name, n in res["files"].items():
+        print(f"  {name:22s} {n / 1e6:7.2f} MB")
+    print(f"wrote {a.out} ({res['total_bytes'] / 1e6:.2f} MB, weights stored as {a.dtype})")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="gather trained vae/speechae/dit weights into one model folder"
+    )
+    p.add_argument("--vae", required=True, help="vae.safetensors")
+    p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
+    p.add_argument("--dit", required=True, help="dit.safetensors or its run folder")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument(
+        "--dtype",
+        default="float16",
+        choices=("bfloat16", "float16", "float32"),
+        help="stored weight precision",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a pipeline.json default (size, steps, guidance, alpha, beta, clip_frames, ...)",
+    )
+    p.add_argument("--copy-defaults", default=None, help="start pipeline.json from this file")
+    p.set_defaults(func=cmd_export)
+
+
+def register(sub) -> None:
+    """The generation commands on the top-level subparsers."""
+    p = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
+    p.add_argument("--image", required=True, help="portrait (PNG/JPEG)")
+    p.add_argument(
+        "--crop",
+        choices=("center", "face"),
+        default="center",
+        help="centre square, or frame the detected face as prepared footage is",
+    )
+    p.add_argument("--audio", required=True, help="speech (any audio file or video's audio)")
+    p.add_argument("--out", required=True, help="mp4 to write")
+    add_model_args(p)
+    add_settings_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "demo", help="speak a sentence with a face using the demo model (demo/demo.mp4)"
+    )
+    p.add_argument("--out", default="demo", help="output folder")
+    p.add_argument("--model", help="model folder (default: the demo model in the package)")
+    p.add_argument("--image", help="portrait to animate (default: a new SynthTalk identity)")
+    p.add_argument("--audio", help="speech to say (default: a generated sentence)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--clips", type=int, default=6, help="without a model: sample clips")
+    p.add_argument("--size", type=int, default=256, help="without a model: sample size")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    _add_export(sub)

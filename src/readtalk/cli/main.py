@@ -1,0 +1,45 @@
+"""The ``readtalk`` command line: one entry point, one subcommand per job.
+
+The parser table: each command group is one module of this package with a ``register(sub)``
+that adds its subcommands. Errors a user can fix (ReadtalkError) print as one line,
+``error: ...``, with exit status 2; Ctrl-C prints ``interrupted`` with status 130. Command
+functions import the library when they run (the one place in readtalk where imports sit
+inside functions), so that ``readtalk --help`` and argument errors are instant instead of
+waiting for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from readtalk import __version__
+from readtalk.cli import bench, data, eval, generate, train
+from readtalk.errors import ReadtalkError
+
+# the command groups, in the order `readtalk --help` lists them
+GROUPS = (generate, data, train, eval, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="readtalk", description="readtalk: real-time audio-driven talking-head generation"
+    )
+    parser.add_argument("--version", action="version", version=f"readtalk {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ReadtalkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,245 @@
+"""A generation session: one portrait and its settings fixed, speech in as it arrives, frames
+out as soon as they are final. Offline generation (``Pipeline.__call__``) is this session run
+over the whole speech, so streaming and offline are one algorithm and give the same frames.
+
+    s = Session(models, portrait, settings)
+    for piece in speech_pieces:          # float32 16 kHz mono, any length
+        for frame in s.push(piece):      # uint8 (H, W, 3), in order
+            show(frame)
+    for frame in s.flush():              # end of speech: the rest (the last clip padded)
+        show(frame)
+
+**Clips.** The speech is cut into clips of ``clip_frames`` frames (``diffusion.next_clip``;
+READ's ANS): each later clip starts with ``m`` clean motion latents, the previous clip's last
+``8(m - 1) + 1`` decoded frames encoded again (``motion_from="frames"``), so the DiT continues
+from what was shown. A clip is generated as soon as its whole audio window has arrived: its
+speech codes come from that window's own audio (``speech.window_codes``: Whisper's features
+depend on the position within its 30-s window, and the cache computed them per window in
+training), so they are the same whether the audio came in one piece or in samples. ``flush``
+pads the last clip's audio with silence and drops its surplus frames: exactly one frame per
+started 40 ms of speech (``media.frames_for_samples``).
+
+**Decoding.** A later clip's new latents are decoded after the last ``decode_context``
+latents before them, so the causal VAE decoder continues one latent sequence instead of
+starting afresh at every clip.
+
+Determinism: the noise of every clip is drawn in order from one ``torch.Generator`` seeded
+with ``settings.seed`` on the sampling device. Thread safety: ``push`` and ``flush`` hold a
+lock; from asyncio, run them in an executor (``await loop.run_in_executor(None, s.push, x)``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from readtalk.diffusion.ans import ClipWindow, next_clip, overlap_frames, sample_clip
+from readtalk.diffusion.flow import timestep_schedule
+from readtalk.errors import ReadtalkError
+from readtalk.media import SAMPLES_PER_FRAME, as_audio, frames_for_samples, to_tensor, to_uint8
+from readtalk.settings import GenerationSettings
+from readtalk.speech.speechae import window_codes
+
+__all__ = ["GenerationModels", "Session"]
+
+
+@dataclass
+class GenerationModels:
+    """The trained parts a session samples with, on their device: the VAE (pixels <->
+    latents), the SpeechAE and its front end (speech -> one code per latent frame), the DiT
+    (velocity of noisy latents) and the latent normalisation the DiT was trained on
+    (``latent_mean`` / ``latent_std`` per channel; None: the VAE's own)."""
+
+    vae: torch.nn.Module
+    speechae: torch.nn.Module
+    front_end: object
+    dit: torch.nn.Module
+    latent_mean: Tensor | None
+    latent_std: Tensor | None
+    device: torch.device
+    dtype: torch.dtype
+
+    def normalize(self, z: Tensor) -> Tensor:
+        if self.latent_mean is None:
+            return self.vae.normalize(z)
+        return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        if self.latent_mean is None:
+            return self.vae.denormalize(z)
+        return z * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
+
+    def encode(self, frames: Tensor) -> Tensor:
+        """(1, 3, F, H, W) pixels in [-1, 1] -> normalised float32 latents (1, C, f, h, w)."""
+        return self.normalize(self.vae.encode(frames.to(self.device, self.dtype)).float())
+
+    def velocity(self, z: Tensor, t: Tensor, rm: Tensor, am: Tensor, cond: dict) -> Tensor:
+        dt = self.dtype
+        return self.dit(z.to(dt), t, cond["ref"].to(dt), cond["audio"].to(dt), rm, am)
+
+
+class Session:
+    """Speech in (``push``), final frames out, for one portrait (module docstring).
+
+    ``portrait``: uint8 (size, size, 3), already framed (``Pipeline.prepare_image``).
+    ``on_step``: called after every Euler step (e.g. a progress bar).
+    """
+
+    def __init__(
+        self,
+        models: GenerationModels,
+        portrait: np.ndarray,
+        settings: GenerationSettings,
+        *,
+        on_step: Callable[[ClipWindow], None] | None = None,
+    ) -> None:
+        self.models = models
+        self.settings = settings
+        self._tf = models.vae.temporal_factor
+        self._clip_latents = settings.clip_latents(self._tf)
+        self._on_step = on_step
+        self._schedule = timestep_schedule(settings.steps, settings.shift)
+        self._guidance = settings.guidance_config()
+        self._lock = threading.Lock()
+        dev = models.device
+        with torch.no_grad():
+            self._ref = models.encode(to_tensor(portrait[None])[None])  # (1, C, 1, h, w)
+        _, c, _, h, w = self._ref.shape
+        self._shape = (1, c, h, w)
+        self._gen = torch.Generator(device=dev).manual_seed(settings.seed)
+        # audio: samples [self._offset, self._offset + len(buffer)) of the speech, with the
+        # pieces pushed since it was last joined in ``_pending`` (so 1-sample pushes stay cheap)
+        self._buffer = np.zeros(0, np.float32)
+        self._pending: list[np.ndarray] = []
+        self._offset = 0
+        self.samples_in = 0  # samples pushed so far
+        self.frames_out = 0  # frames returned so far
+        self.clips = 0  # clips generated so far
+        self.closed = False
+        # what a clip carries to the next: the last ``ov`` decoded frames (the next motion),
+        # the last ``keep`` latents and the VAE's decoding state (the decoder's context)
+        self._ov = overlap_frames(settings.motion_latents, self._tf)
+        self._tail: Tensor | None = None
+        self._prev: Tensor | None = None  # the previous clip's latents
+        self._keep = min(settings.decode_context, models.vae.config.decoder_context)
+        self._carry = self._keep > 0 and models.vae.config.decoder_causal
+        self._history: Tensor | None = None
+        self._decode_state: dict = {}
+
+    # ---- public
+
+    def push(self, audio: np.ndarray | Tensor) -> list[np.ndarray]:
+        """Add speech (float32 16 kHz mono, any length); return the frames that became final,
+        uint8 (H, W, 3) each, in order."""
+        x = as_audio(audio, "pushed audio")
+        with self._lock:
+            if self.closed:
+                raise ReadtalkError("this session was flushed; start a new one with stream()")
+            self._pending.append(x.copy())
+            self.samples_in += len(x)
+            out: list[np.ndarray] = []
+            while True:
+                window = self._next_window(None)
+                if window.frame_stop * SAMPLES_PER_FRAME > self.samples_in:
+                    return out
+                out.extend(self._run(window))
+
+    def flush(self) -> list[np.ndarray]:
+        """End of speech: generate the rest (the last clip's audio padded with silence) and
+        return its frames. The session is closed afterwards."""
+        with self._lock:
+            if self.closed:
+                raise ReadtalkError("this session was already flushed")
+            self.closed = True
+            total = frames_for_samples(self.samples_in)
+            out: list[np.ndarray] = []
+            while self.frames_out + len(out) < total:
+                out.extend(self._run(self._next_window(total - self.frames_out - len(out))))
+            self._release()
+            return out
+
+    # ---- clips
+
+    def _next_window(self, rest: int | None) -> ClipWindow:
+        return next_clip(
+            self.clips, self.frames_out, self._clip_latents, self.settings.motion_latents,
+            rest, temporal_factor=self._tf,
+        )  # fmt: skip
+
+    def _run(self, window: ClipWindow) -> list[np.ndarray]:
+        with torch.no_grad():
+            frames = [f for run in self._clip(window) for f in run]
+        self.clips += 1
+        self.frames_out += len(frames)
+        # the next clip starts with this one's overlap: older audio is not needed again
+        drop = (self.frames_out - self._ov) * SAMPLES_PER_FRAME - self._offset
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._offset += drop
+        return frames
+
+    def _codes(self, window: ClipWindow) -> Tensor:
+        """(1, f, A) speech codes over the window's own audio (silence past the end)."""
+        if self._pending:
+            self._buffer = np.concatenate([self._buffer, *self._pending])
+            self._pending = []
+        start = window.frame_start * SAMPLES_PER_FRAME - self._offset
+        assert start >= 0, "audio of a clip window was dropped too early"
+        audio = self._buffer[start : start + window.frames * SAMPLES_PER_FRAME]
+        return window_codes(self.models.speechae, self.models.front_end, audio, 0, window.frames)
+
+    def _motion(self, window: ClipWindow) -> Tensor | None:
+        m = window.motion_latents
+        if m == 0 or self._prev is None:
+            return None
+        if self.settings.motion_from == "frames":
+            return self.models.encode(self._tail)
+        return self._prev[:, :, self._prev.shape[2] - m :]
+
+    def _clip(self, window: ClipWindow) -> Iterator[np.ndarray]:
+        """Sample and decode one clip; yield its kept frames as uint8 (n, H, W, 3) runs."""
+        md = self.models
+        cond = {"ref": self._ref, "audio": self._codes(window).to(md.device)}
+        step = None if self._on_step is None else (lambda i, _z: self._on_step(window))
+        z = sample_clip(
+            md.velocity, window, cond, self._schedule, self._shape, self._motion(window),
+            generator=self._gen, motion_mode="async" if self.settings.ans else "plain",
+            guidance=self._guidance, device=md.device, dtype=torch.float32, callback=step,
+        )  # fmt: skip
+        self._prev = z
+        yield from self._decode(window, md.denormalize(z.float()).to(md.dtype))
+
+    def _decode(self, window: ClipWindow, latent: Tensor) -> Iterator[np.ndarray]:
+        m, tf = window.motion_latents, self._tf
+        prefix = self._history if self._carry and self._history is not None and m > 0 else None
+        if prefix is not None:  # decode only the new latents, after the earlier ones
+            latent = latent[:, :, m:]
+            done = overlap_frames(m, tf)  # they start after the overlap frames
+        else:
+            done = 0  # clip-local index of the next decoded frame
+        if self._carry:
+            seq = latent if prefix is None else torch.cat([prefix, latent], dim=2)
+            self._history = seq[:, :, -self._keep :]
+        state = self._decode_state if self._carry else None
+        ov = self._ov
+        for run in self.models.vae.iter_decode(latent, prefix=prefix, state=state):
+            a, b = done, done + run.shape[2]
+            done = b
+            if ov:  # the last ``ov`` decoded frames, across runs
+                tail = run if self._tail is None else torch.cat([self._tail, run], dim=2)
+                self._tail = tail[:, :, -ov:]
+            lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
+            if lo < hi:
+                yield to_uint8(run[0, :, lo - a : hi - a])
+
+    def _release(self) -> None:
+        """Drop everything a finished session holds (tensors, decoder state, audio)."""
+        self._buffer = np.zeros(0, np.float32)
+        self._pending = []
+        self._tail = self._history = self._prev = None
+        self._decode_state = {}

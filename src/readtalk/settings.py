@@ -1,0 +1,147 @@
+"""Generation settings: one typed record of how a video is sampled, with the model's defaults.
+
+Resolution happens once: the code defaults below, then the model's own defaults (the DiT
+release's ``diffusion`` entries, then the model folder's ``pipeline.json``), then what the
+caller sets (``GenerationSettings.from_model(defaults).override(steps=4)``). ``None`` in an
+override means "keep the model's value".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from readtalk.diffusion.flow import DEFAULT_SHIFT, DEFAULT_STEPS
+from readtalk.diffusion.sampling import (
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    DEFAULT_GAMMA,
+    GUIDANCE_MODES,
+    Guidance,
+)
+from readtalk.errors import ReadtalkError
+
+# Latents of the previous clip that a clip's decoding continues from. On the demo model (a
+# held-out 60-s video, 8 steps) 8 latents make a clip start change the picture no more than
+# any other latent start does (seam ratio 0.98, other latent starts 0.94); 4 leave 1.38, 2
+# leave 4.3 (docs/dit.md). The exact reach is the VAE's ``decoder_context`` (17 for res-small).
+DECODE_CONTEXT = 8
+DEFAULT_SIZE = 256  # frame size of a model that records none
+MOTION_FROM = ("frames", "latents")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a video is generated (``Pipeline``, ``Session``, ``readtalk generate``).
+
+    ``steps`` Euler steps, ``shift`` timestep shift; ``guidance``: ``"split"`` (Split-CFG:
+    reference scale ``alpha``, audio scale ``beta``), ``"joint"`` (scale ``gamma``) or
+    ``"none"``; clips of ``clip_frames`` (8k+1) frames whose first ``motion_latents`` latents
+    continue the previous clip (ANS; ``ans=False``: plain chunking, the ablation, same timeline
+    and compute). ``motion_from``: ``"frames"`` (a later clip's motion latents are the previous
+    clip's last decoded frames encoded again) or ``"latents"`` (its last latents reused as they
+    are; the ablation, a jump at every clip start). ``decode_context``: latents of the previous
+    clip the causal VAE decoder continues from (0: every clip decoded on its own, the
+    ablation). ``seed``: the noise of every clip comes from one generator seeded with it.
+    """
+
+    steps: int = DEFAULT_STEPS
+    shift: float = DEFAULT_SHIFT
+    guidance: str = "split"
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+    gamma: float = DEFAULT_GAMMA
+    clip_frames: int = 121
+    motion_latents: int = 1
+    motion_from: str = "frames"
+    decode_context: int = DECODE_CONTEXT
+    seed: int = 0
+    ans: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ReadtalkError(f"steps must be >= 1, got {self.steps}")
+        if self.decode_context < 0:
+            raise ReadtalkError(f"decode context must be >= 0, got {self.decode_context}")
+        if self.motion_from not in MOTION_FROM:
+            raise ReadtalkError(
+                f"motion_from must be 'frames' or 'latents', got {self.motion_from!r}"
+            )
+        if self.guidance not in GUIDANCE_MODES:
+            raise ReadtalkError(
+                f"guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}"
+            )
+        if self.motion_latents < 0:
+            raise ReadtalkError(f"motion latents must be >= 0, got {self.motion_latents}")
+        self.guidance_config()  # finite scales
+
+    # ---- building
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_model(cls, defaults: Mapping[str, Any] | None = None) -> GenerationSettings:
+        """The code defaults with a model's defaults on top (keys that are not settings, such
+        as ``size``, are ignored here)."""
+        return cls().override(**{k: v for k, v in (defaults or {}).items() if k in cls.fields()})
+
+    def override(self, **values: Any) -> GenerationSettings:
+        """A copy with ``values`` set (``None``: keep); unknown names are a one-line error."""
+        unknown = sorted(set(values) - set(self.fields()))
+        if unknown:
+            raise ReadtalkError(
+                f"unknown generation setting(s) {', '.join(unknown)} "
+                f"(known: {', '.join(self.fields())})"
+            )
+        kept = {k: v for k, v in values.items() if v is not None}
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        try:
+            coerced = {k: _coerce(v, types[k], k) for k, v in kept.items()}
+        except (TypeError, ValueError) as e:
+            raise ReadtalkError(f"bad generation setting: {e}") from None
+        return dataclasses.replace(self, **coerced)
+
+    # ---- derived
+
+    def guidance_config(self) -> Guidance:
+        return Guidance(mode=self.guidance, alpha=self.alpha, beta=self.beta, gamma=self.gamma)  # type: ignore[arg-type]
+
+    def clip_latents(self, temporal_factor: int) -> int:
+        """Latent frames per clip; a one-line error unless ``clip_frames`` is tf*k + 1, k >= 1."""
+        cf, tf = self.clip_frames, temporal_factor
+        if cf < 1 + tf or (cf - 1) % tf:
+            raise ReadtalkError(f"clip frames must be {tf}k+1 with k >= 1 (e.g. 121), got {cf}")
+        latents = 1 + (cf - 1) // tf
+        if self.motion_latents >= latents:
+            raise ReadtalkError(
+                f"motion latents must lie in [0, {latents - 1}] for clips of {cf} frames, got "
+                f"{self.motion_latents}"
+            )
+        return latents
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: str, name: str) -> Any:
+    if tp == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp == "int":
+        if isinstance(value, bool) or float(value) != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    if tp == "float":
+        return float(value)
+    return str(value)
+
+
+# the keys of a model's defaults (pipeline.json, the DiT release) that readtalk reads: the
+# frame size and the generation settings a model may fix (the seed and the ANS switch are the
+# caller's)
+MODEL_DEFAULT_KEYS = ("size", *(k for k in GenerationSettings.fields() if k not in ("seed", "ans")))
