@@ -20,7 +20,7 @@ LAYERS = {
     "inference": ("readtalk.settings", "readtalk.session", "readtalk.pipeline"),
     "eval": ("readtalk.eval",),
     "train": ("readtalk.train",),
-    "tools": ("readtalk.bench", "readtalk.export", "readtalk.demo"),
+    "tools": ("readtalk.bench", "readtalk.export", "readtalk.demo", "readtalk.live"),
     "interfaces": ("readtalk.cli", "readtalk.serve"),
 }  # fmt: skip
 RANK = {prefix: i for i, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}
@@ -30,7 +30,9 @@ LAZY_OK = ("dlib", "matplotlib", "scipy", "diffusers", "torch.distributed.", "es
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
 # the training loops (readable top to bottom, as nanoGPT's) may be longer
-LONG_FUNCTIONS_OK = {"train_vae", "train_dit", "train_packer", "train_speech", "train_syncnet", "fit"}
+LONG_FUNCTIONS_OK = {
+    "train_vae", "train_dit", "train_packer", "train_speech", "train_syncnet", "fit",
+}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:
@@ -63,7 +65,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + [base])
+                base = ".".join([*pkg.split(".")[: len(pkg.split(".")) - node.level + 1], base])
             names = [base] + [f"{base}.{a.name}" for a in node.names]
         for n in names:
             while n and n not in MODULES:

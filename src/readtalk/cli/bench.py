@@ -7,7 +7,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from readtalk.cli.common import set_threads
+from readtalk.cli.common import (
+    add_model_args,
+    add_settings_args,
+    load_pipeline,
+    set_threads,
+    settings_overrides,
+)
 from readtalk.cli.data import add_synth_args, synth_config
 from readtalk.errors import ReadtalkError
 
@@ -148,6 +154,27 @@ def _add_results(bench_sub) -> None:
     p.set_defaults(func=cmd_results)
 
 
+def cmd_bench_stream(a: argparse.Namespace) -> None:
+    """``readtalk bench stream``."""
+    import json
+    import tempfile
+
+    from readtalk.demo import synth_inputs
+    from readtalk.live import bench_stream, speech_for
+    from readtalk.media import load_audio
+
+    pipe = load_pipeline(a)
+    st = pipe.settings(**settings_overrides(a))
+    with tempfile.TemporaryDirectory() as tmp:
+        image = a.image or synth_inputs(Path(tmp), pipe.size, a.seed)["image"]
+        audio = load_audio(a.audio) if a.audio else speech_for(a.seconds, a.seed)
+        rep = bench_stream(pipe, image, audio, st, chunk_ms=a.chunk_ms, paced=a.paced)
+    print("\n".join(rep.lines()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
 def register(sub) -> None:
     """``readtalk bench BENCH`` on the top-level subparsers."""
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(
@@ -163,3 +190,15 @@ def register(sub) -> None:
     configure_speed_parser(p)
     p.set_defaults(func=cmd_bench_speed)
     _add_results(bench)
+    p = bench.add_parser(
+        "stream", help="a live session fed speech in pieces: first-frame latency, lateness"
+    )
+    p.add_argument("--seconds", type=float, default=60.0, help="espeak-ng speech to feed")
+    p.add_argument("--audio", help="feed this speech file instead")
+    p.add_argument("--image", help="portrait (default: a new SynthTalk identity)")
+    p.add_argument("--paced", action="store_true", help="feed in real time, as a microphone")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="piece size in milliseconds")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    add_model_args(p)
+    add_settings_args(p)
+    p.set_defaults(func=cmd_bench_stream)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from readtalk.cli.common import add_model_args, add_settings_args, load_pipeline, settings_overrides
@@ -21,6 +22,25 @@ def cmd_generate(a: argparse.Namespace) -> None:
         f"wrote {res.path}: {res.num_frames} frames ({res.duration:.2f} s at {res.fps} fps, "
         f"{res.size}x{res.size}, {res.clips} clip{'s' if res.clips != 1 else ''}) in "
         f"{res.seconds:.1f} s (real-time factor {res.realtime_factor:.2f})"
+    )
+
+
+def cmd_live(a: argparse.Namespace) -> None:
+    """``readtalk live``."""
+    from readtalk.live import run_live, speech_source
+
+    pipe = load_pipeline(a)
+    st = pipe.settings(**settings_overrides(a))
+    if a.audio == "-":
+        print("reading PCM s16le 16 kHz mono from stdin", file=sys.stderr)
+    rep = run_live(
+        pipe, a.image, speech_source(a.audio, a.chunk_ms), a.out, st, paced=a.paced,
+        chunk_ms=a.chunk_ms, crop=a.crop,
+    )  # fmt: skip
+    print(
+        f"wrote {a.out}: {rep.frames} frames for {rep.audio_s:.2f} s of speech; first frame "
+        f"{rep.first_frame_s:.2f} s after the first sample, real-time factor {rep.rtf:.2f}, "
+        f"{rep.underruns} frames late"
     )
 
 
@@ -114,6 +134,23 @@ def register(sub) -> None:
     add_settings_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "live", help="speech as it arrives (a file or PCM on stdin) -> a growing mp4"
+    )
+    p.add_argument("--image", required=True, help="portrait (PNG/JPEG)")
+    p.add_argument("--crop", choices=("center", "face"), default="center")
+    p.add_argument(
+        "--audio", required=True, help="speech file, or - for raw PCM s16le 16 kHz mono on stdin"
+    )
+    p.add_argument("--out", required=True, help="mp4 to write (fragmented: playable as it grows)")
+    p.add_argument(
+        "--paced", action="store_true", help="feed a file at the speed of speech (as a microphone)"
+    )
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="piece size read from a file")
+    add_model_args(p)
+    add_settings_args(p)
+    p.set_defaults(func=cmd_live)
 
     p = sub.add_parser(
         "demo", help="speak a sentence with a face using the demo model (demo/demo.mp4)"

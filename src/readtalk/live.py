@@ -1,0 +1,225 @@
+"""Live use of the streaming session: ``readtalk live`` (speech from a file or raw PCM on stdin
+in, a growing mp4 out) and ``readtalk bench stream`` (latency, lateness and memory of a session
+fed like a microphone).
+
+Timing terms (docs/streaming.md): a frame is *ready* when ``Session.push`` / ``flush`` returns
+it. ``first_frame_s`` is the wall time from the first sample pushed to the first frame ready.
+Playback starts when the first frame is ready, so frame ``i`` is *due* at
+``first_frame_s + i / 25``; its *lateness* is ready minus due (negative: early), and a frame
+ready after it was due is an *underrun* (the viewer would see a freeze).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from readtalk.data.synthtalk import tts
+from readtalk.data.synthtalk.text import sentence
+from readtalk.errors import ReadtalkError
+from readtalk.media import FPS, SAMPLE_RATE, LiveVideoWriter, load_audio
+from readtalk.pipeline import Pipeline
+from readtalk.settings import GenerationSettings
+
+__all__ = [
+    "StreamReport", "bench_stream", "pcm_pieces", "pieces", "run_live", "speech_for",
+    "speech_source",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- speech in
+
+
+def pcm_pieces(stream: BinaryIO, chunk_samples: int) -> Iterator[np.ndarray]:
+    """Raw PCM s16le 16 kHz mono from a byte stream (stdin) as float32 pieces of up to
+    ``chunk_samples``, each as soon as it has arrived; an odd trailing byte is dropped."""
+    carry = b""
+    while True:
+        data = stream.read(2 * chunk_samples - len(carry))
+        if not data:
+            break
+        data = carry + data
+        even = len(data) - len(data) % 2
+        carry = data[even:]
+        if even:
+            yield np.frombuffer(data[:even], "<i2").astype(np.float32) / 32768.0
+
+
+def pieces(audio: np.ndarray, chunk_samples: int) -> Iterator[np.ndarray]:
+    """A finished recording cut into pieces of ``chunk_samples``, as a microphone delivers it."""
+    for start in range(0, len(audio), chunk_samples):
+        yield audio[start : start + chunk_samples]
+
+
+def speech_for(seconds: float, seed: int = 0, pause: float = 0.6) -> np.ndarray:
+    """About ``seconds`` of espeak-ng speech: SynthTalk sentences with pauses between them
+    (pauses test the still-alive face; the benchmark's default speech)."""
+    rng = np.random.default_rng(seed)
+    voice = tts.Voice("en-us", rate=170)
+    parts, total = [], 0
+    gap = np.zeros(int(pause * SAMPLE_RATE), np.float32)
+    while total < seconds * SAMPLE_RATE:
+        audio = tts.synthesize(sentence(rng), voice).audio
+        parts += [audio, gap]
+        total += len(audio) + len(gap)
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+@dataclass
+class StreamReport:
+    """What one streamed run measured (module docstring for the terms)."""
+
+    audio_s: float
+    frames: int
+    chunk_ms: float
+    paced: bool
+    wall_s: float
+    first_frame_s: float
+    rtf: float
+    lateness_p50_s: float
+    lateness_p95_s: float
+    lateness_max_s: float
+    underruns: int
+    rss_start_mb: float
+    rss_end_mb: float
+    clip_frames: int
+    steps: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        return [
+            f"stream: {self.audio_s:.1f} s of speech in {self.chunk_ms:g}-ms pieces "
+            f"({'paced like a microphone' if self.paced else 'as fast as possible'}), "
+            f"{self.frames} frames, clips of {self.clip_frames} frames, {self.steps} steps",
+            f"  first frame {self.first_frame_s:.3f} s after the first sample; "
+            f"real-time factor {self.rtf:.3f}",
+            f"  lateness p50 {self.lateness_p50_s:+.3f} s, p95 {self.lateness_p95_s:+.3f} s, "
+            f"max {self.lateness_max_s:+.3f} s; underruns {self.underruns}",
+            f"  RSS {self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB",
+        ]
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+class _Clock:
+    """Ready times of frames against a start, and pacing of the speech on the wall clock."""
+
+    def __init__(self, paced: bool) -> None:
+        self.paced = paced
+        self.t0 = time.perf_counter()
+        self.samples = 0
+        self.ready: list[float] = []
+
+    def before_push(self, n: int) -> None:
+        """Paced: wait until the piece's last sample would have been spoken."""
+        self.samples += n
+        if self.paced:
+            wait = self.t0 + self.samples / SAMPLE_RATE - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+
+    def got(self, frames: list) -> None:
+        now = time.perf_counter() - self.t0
+        self.ready.extend([now] * len(frames))
+
+    def report(
+        self, pipe_settings: GenerationSettings, chunk_ms: float, rss0: float
+    ) -> StreamReport:
+        ready = np.asarray(self.ready)
+        if len(ready) == 0:
+            raise ReadtalkError("no frames were generated")
+        wall = time.perf_counter() - self.t0
+        first = float(ready[0])
+        late = ready - (first + np.arange(len(ready)) / FPS)
+        audio_s = self.samples / SAMPLE_RATE
+        return StreamReport(
+            audio_s=audio_s, frames=len(ready), chunk_ms=chunk_ms, paced=self.paced,
+            wall_s=wall, first_frame_s=first, rtf=wall / max(audio_s, 1e-9),
+            lateness_p50_s=float(np.percentile(late, 50)),
+            lateness_p95_s=float(np.percentile(late, 95)), lateness_max_s=float(late.max()),
+            underruns=int((late > 1e-3).sum()), rss_start_mb=rss0, rss_end_mb=rss_mb(),
+            clip_frames=pipe_settings.clip_frames, steps=pipe_settings.steps,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- the runs
+
+
+def run_live(
+    pipe: Pipeline,
+    image: str | os.PathLike | np.ndarray,
+    speech: Iterable[np.ndarray],
+    out: str | os.PathLike,
+    settings: GenerationSettings | None = None,
+    *,
+    paced: bool = False,
+    chunk_ms: float = 20.0,
+    crop: str = "center",
+) -> StreamReport:
+    """Stream ``speech`` (pieces of 16 kHz float32) through a session into a growing mp4 at
+    ``out`` (playable while it grows), the speech muxed as it arrives; returns the timings."""
+    session = pipe.stream(image, settings, crop=crop)
+    clock, rss0 = _Clock(paced), rss_mb()
+    with LiveVideoWriter(out, pipe.size, pipe.size) as vw:
+        for piece in speech:
+            clock.before_push(len(piece))
+            frames = session.push(piece)
+            clock.got(frames)
+            vw.write_audio(piece)
+            for frame in frames:
+                vw.write(frame)
+        frames = session.flush()
+        clock.got(frames)
+        for frame in frames:
+            vw.write(frame)
+    return clock.report(session.settings, chunk_ms, rss0)
+
+
+def bench_stream(
+    pipe: Pipeline,
+    image: str | os.PathLike | np.ndarray,
+    audio: np.ndarray,
+    settings: GenerationSettings | None = None,
+    *,
+    chunk_ms: float = 20.0,
+    paced: bool = False,
+) -> StreamReport:
+    """Feed ``audio`` to a session in ``chunk_ms`` pieces and time every frame (no file)."""
+    if chunk_ms <= 0:
+        raise ReadtalkError(f"--chunk-ms must be positive, got {chunk_ms}")
+    chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+    session = pipe.stream(image, settings)
+    clock, rss0 = _Clock(paced), rss_mb()
+    for piece in pieces(audio, chunk):
+        clock.before_push(len(piece))
+        clock.got(session.push(piece))
+    clock.got(session.flush())
+    return clock.report(session.settings, chunk_ms, rss0)
+
+
+def speech_source(audio: str, chunk_ms: float) -> Iterator[np.ndarray]:
+    """``readtalk live --audio``: a file's speech in pieces, or ``-``: PCM s16le from stdin."""
+    chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+    if audio == "-":
+        return pcm_pieces(sys.stdin.buffer, chunk)
+    return pieces(load_audio(Path(audio)), chunk)
