@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 
-from readtalk.data.synthtalk.render import (
+from readtalk.data.synthtalk.identity import (
     CAVITY,
     PALETTE_MIN_DISTANCE,
-    FaceRenderer,
-    FrameState,
     cavity_distance,
     sample_identity,
 )
+from readtalk.data.synthtalk.render import FaceRenderer, FrameState
 from readtalk.data.synthtalk.visemes import mouth_trajectory, viseme_targets
 
 

@@ -2,13 +2,9 @@ import numpy as np
 import pytest
 
 from readtalk.data.synthtalk import read_mouth
+from readtalk.data.synthtalk.identity import sample_identity
 from readtalk.data.synthtalk.mouth_reader import pearson, reader_agreement
-from readtalk.data.synthtalk.render import (
-    FaceRenderer,
-    FrameState,
-    mouth_measures,
-    sample_identity,
-)
+from readtalk.data.synthtalk.render import FaceRenderer, FrameState, mouth_measures
 from readtalk.media import read_video, write_video
 
 

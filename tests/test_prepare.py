@@ -20,15 +20,9 @@ import numpy as np
 import pytest
 
 from readtalk.data import faces as fc
-from readtalk.data.prepare import (
-    Frames25,
-    PrepareConfig,
-    analyse,
-    find_videos,
-    plan_clips,
-    prepare,
-    voiced_frames,
-)
+from readtalk.data.clips import plan_clips
+from readtalk.data.footage import Frames25, analyse, find_videos, voiced_frames
+from readtalk.data.prepare import PrepareConfig, prepare
 from readtalk.errors import ReadtalkError
 from readtalk.media import load_audio, probe, read_image, read_video
 

@@ -33,18 +33,20 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from readtalk.device import resolve_device, resolve_dtype
 from readtalk.diffusion import Guidance, ans_sample, timestep_schedule
-from readtalk.dit.model import DIT_SIZES, A2VDiT, num_params
+from readtalk.dit.model import DIT_SIZES, A2VDiT, DiTConfig, num_params
 from readtalk.errors import ReadtalkError
 from readtalk.speech.frontend import load_front_end
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE, SpeechAEConfig, window_codes
 from readtalk.speech.whisper import default_whisper_path
-from readtalk.vae.config import get_preset
+from readtalk.vae.config import VAEConfig, get_preset
 from readtalk.vae.factorised import FactorisedConfig, FactorisedVAE
 from readtalk.vae.model import VideoVAE
 
@@ -129,23 +131,77 @@ def _timed(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
     return best, out
 
 
-def run_speed(
-    size: str = "small",
-    res: int = 256,
-    *,
-    vae_preset: str | None = None,
-    steps: int = 8,
-    cfg: str = "split",
-    clip_frames: int = 121,
-    device: str = "cpu",
-    dtype: str = "float32",
-    front_end: str = "auto",
-    whisper: str | None = None,
-    repeats: int = 1,
-    factorised: bool = False,
-    log=print,
-) -> dict[str, float]:
-    """Run the speed bench; prints a report through ``log`` and returns the numbers."""
+@dataclass(frozen=True)
+class _Setup:
+    """The checked settings of one speed run and the clip's latent shape."""
+
+    size: str
+    dit: DiTConfig
+    vae: VAEConfig
+    device: torch.device
+    dtype: torch.dtype
+    guidance: Guidance
+    steps: int
+    clip_frames: int
+    res: int
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(channels, frames, height, width) of the clip's latents."""
+        side = self.res // self.vae.spatial_factor
+        return self.dit.latent_channels, 1 + (self.clip_frames - 1) // 8, side, side
+
+    @property
+    def seconds(self) -> float:
+        return self.clip_frames / 25
+
+
+@dataclass(frozen=True)
+class _Models:
+    """The randomly initialised networks of the bench."""
+
+    dit: A2VDiT
+    vae: VideoVAE | FactorisedVAE
+    speechae: SpeechAE
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Random inputs of one clip; ``generator`` draws the sampling noise after them."""
+
+    latents: torch.Tensor  # (1, C, f, h, w)
+    ref: torch.Tensor  # (1, C, 1, h, w)
+    codes: torch.Tensor  # (1, f, audio_dim)
+    t: torch.Tensor  # (1, 1 + f): 0 for the reference, 0.5 for the video
+    audio: np.ndarray  # 16 kHz waveform of the clip's duration
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class _Timings:
+    """Wall times (seconds) of the parts of one clip."""
+
+    forward: float  # one DiT pass
+    clip: float  # ``steps`` sampling steps of ``passes`` DiT evaluations each
+    decode: float  # VAE decode of the clip's latents
+    speech: float  # front end + SpeechAE encoder
+
+    @property
+    def total(self) -> float:
+        return self.clip + self.decode + self.speech
+
+
+def _setup(
+    size: str,
+    res: int,
+    vae_preset: str | None,
+    steps: int,
+    cfg: str,
+    clip_frames: int,
+    device: str,
+    dtype: str,
+) -> _Setup:
+    """Check the settings (errors name the CLI's flags) and resolve device, dtype and VAE."""
 
     if size not in DIT_SIZES:
         raise ReadtalkError(f"unknown DiT size {size!r}; choose one of {', '.join(DIT_SIZES)}")
@@ -176,89 +232,131 @@ def run_speed(
             f"VAE preset {preset} has {vcfg.latent_channels} latent channels but DiT {size} takes "
             f"{dcfg.latent_channels}"
         )
-    if front_end == "auto":
-        front_end = "whisper" if (whisper or default_whisper_path()) else "logmel"
-    fe = load_front_end(front_end, whisper, device=dev)
+    return _Setup(size, dcfg, vcfg, dev, dt, guidance, steps, clip_frames, res)
 
-    f = 1 + (clip_frames - 1) // 8
-    h = w = res // vcfg.spatial_factor
-    seconds = clip_frames / 25
+
+def _random_models(s: _Setup, fe: Any, factorised: bool) -> _Models:
+    """DiT, VAE and a SpeechAE whose codes fit the DiT, randomly initialised (seed 0)."""
+
     torch.manual_seed(0)
-    dit = A2VDiT(dcfg).to(dev, dt).eval()
-    vae = VideoVAE(vcfg)
+    dit = A2VDiT(s.dit).to(s.device, s.dtype).eval()
+    vae = VideoVAE(s.vae)
     if factorised:  # the preset's single-frame path on every frame + the packer
-        vae = FactorisedVAE(FactorisedConfig(frame=vcfg, channels=vcfg.latent_channels), frame=vae)
-    vae = vae.to(dev, dt).eval()
-    base = next((c for c in SPEECHAE_SIZES.values() if c.code_dim == dcfg.audio_dim), None)
+        vae = FactorisedVAE(
+            FactorisedConfig(frame=s.vae, channels=s.vae.latent_channels), frame=vae
+        )
+    vae = vae.to(s.device, s.dtype).eval()
+    base = next((c for c in SPEECHAE_SIZES.values() if c.code_dim == s.dit.audio_dim), None)
     scfg = SpeechAEConfig(
         feat_dim=2 * fe.dim,
         hidden=base.hidden if base else 256,
-        code_dim=dcfg.audio_dim,
+        code_dim=s.dit.audio_dim,
         blocks=base.blocks if base else 1,
         front_end=fe.name,
     )
-    sae = SpeechAE(scfg).to(dev).eval()
+    return _Models(dit, vae, SpeechAE(scfg).to(s.device).eval())
 
+
+def _random_inputs(s: _Setup) -> _Inputs:
+    """Latents, reference, speech codes, timesteps and audio of one clip (generator seed 0)."""
+
+    dev = s.device
+    c, f, h, w = s.latent_shape
     g = torch.Generator(device=dev).manual_seed(0)
-    c = dcfg.latent_channels
     x = torch.randn(1, c, f, h, w, generator=g, device=dev)
     ref = torch.randn(1, c, 1, h, w, generator=g, device=dev)
-    codes = torch.randn(1, f, dcfg.audio_dim, generator=g, device=dev)
+    codes = torch.randn(1, f, s.dit.audio_dim, generator=g, device=dev)
     t = torch.full((1, 1 + f), 0.5, device=dev)
     t[:, 0] = 0
-    audio = (0.1 * torch.randn(int(seconds * 16000), generator=g, device=dev)).cpu().numpy()
+    audio = (0.1 * torch.randn(int(s.seconds * 16000), generator=g, device=dev)).cpu().numpy()
+    return _Inputs(x, ref, codes, t, audio, g)
+
+
+def _header(s: _Setup, vae_name: str, front_end: str) -> str:
+    """The report's first line: what is timed, at which size, on what."""
+
+    c, f, h, w = s.latent_shape
+    return (
+        f"bench speed: DiT {s.size} ({num_params(s.dit) / 1e6:.1f} M params), "
+        f"VAE {vae_name}, "
+        f"{front_end} front end, {s.clip_frames} frames at {s.res}x{s.res} "
+        f"(latents {c}x{f}x{h}x{w}, {(1 + f) * h * w} tokens), {s.steps} steps, "
+        f"{s.guidance.mode} guidance ({s.guidance.passes} passes), {s.device.type} "
+        f"{str(s.dtype).removeprefix('torch.')}, "
+        f"{torch.get_num_threads()} threads, on {processor_name(s.device)}"
+    )
+
+
+@torch.inference_mode()
+def _time_dit(
+    dit: A2VDiT, inputs: _Inputs, s: _Setup, repeats: int
+) -> tuple[float, float, torch.Tensor]:
+    """One DiT forward pass (best of ``repeats``) and one clip of ANS sampling (one motion
+    latent); returns (forward seconds, clip seconds, the clip's latents)."""
 
     def model_fn(z, tt, rm, am, cond):
-        return dit(z.to(dt), tt, cond["ref"].to(dt), cond["audio"].to(dt), rm, am)
+        return dit(z.to(s.dtype), tt, cond["ref"].to(s.dtype), cond["audio"].to(s.dtype), rm, am)
 
-    cond = {"ref": ref, "audio": codes}
-    schedule = timestep_schedule(steps)
-
-    log(
-        f"bench speed: DiT {size} ({num_params(dcfg) / 1e6:.1f} M params), "
-        f"VAE {vae.config.name}, "
-        f"{front_end} front end, {clip_frames} frames at {res}x{res} "
-        f"(latents {c}x{f}x{h}x{w}, {(1 + f) * h * w} tokens), {steps} steps, {cfg} guidance "
-        f"({guidance.passes} passes), {dev.type} {str(dt).removeprefix('torch.')}, "
-        f"{torch.get_num_threads()} threads, on {processor_name(dev)}"
+    x, g, dev = inputs.latents, inputs.generator, s.device
+    cond = {"ref": inputs.ref, "audio": inputs.codes}
+    schedule = timestep_schedule(s.steps)
+    t_fwd, _ = _timed(lambda: model_fn(x, inputs.t, None, None, cond), dev, repeats)
+    t_clip, lat = _timed(
+        lambda: ans_sample(
+            model_fn,
+            torch.randn(*x.shape, generator=g, device=dev),
+            schedule,
+            motion=x[:, :, :1],
+            cond=cond,
+            guidance=s.guidance,
+        ),
+        dev,
+        1,
     )
-    with torch.inference_mode():
-        t_fwd, _ = _timed(lambda: model_fn(x, t, None, None, cond), dev, repeats)
-        t_clip, lat = _timed(
-            lambda: ans_sample(
-                model_fn,
-                torch.randn(1, c, f, h, w, generator=g, device=dev),
-                schedule,
-                motion=x[:, :, :1],
-                cond=cond,
-                guidance=guidance,
-            ),
-            dev,
-            1,
-        )
-        t_dec, _ = _timed(lambda: vae.decode(lat.to(dt)), dev, 1)
+    return t_fwd, t_clip, lat
 
-        t_sp, _ = _timed(lambda: window_codes(sae, fe, audio, 0, clip_frames), dev, repeats)
 
-    flops = dit_flops(dcfg, f, h, w)
-    per_clip = flops["total"] * steps * guidance.passes
-    total = t_clip + t_dec + t_sp
-    res_d = {
-        "dit_forward_s": t_fwd,
-        "clip_s": t_clip,
-        "vae_decode_s": t_dec,
-        "speech_s": t_sp,
-        "total_s": total,
-        "clip_seconds": seconds,
-        "rtf": total / seconds,
+@torch.inference_mode()
+def _time_vae_decode(vae: VideoVAE | FactorisedVAE, latents: torch.Tensor, s: _Setup) -> float:
+
+    t_dec, _ = _timed(lambda: vae.decode(latents.to(s.dtype)), s.device, 1)
+    return t_dec
+
+
+@torch.inference_mode()
+def _time_speech(speechae: SpeechAE, fe: Any, audio: np.ndarray, s: _Setup, repeats: int) -> float:
+    """Front end + SpeechAE encoder over the clip's audio, best of ``repeats``."""
+
+    t_sp, _ = _timed(lambda: window_codes(speechae, fe, audio, 0, s.clip_frames), s.device, repeats)
+    return t_sp
+
+
+def _numbers(times: _Timings, s: _Setup, flops: dict[str, float]) -> dict[str, float]:
+    """The bench's results: timings, real-time factor and DiT FLOPs per forward and per clip."""
+
+    return {
+        "dit_forward_s": times.forward,
+        "clip_s": times.clip,
+        "vae_decode_s": times.decode,
+        "speech_s": times.speech,
+        "total_s": times.total,
+        "clip_seconds": s.seconds,
+        "rtf": times.total / s.seconds,
         "dit_flops_forward": flops["total"],
-        "dit_flops_clip": per_clip,
+        "dit_flops_clip": flops["total"] * s.steps * s.guidance.passes,
     }
+
+
+def _log_report(log, times: _Timings, s: _Setup, flops: dict[str, float]) -> None:
+    """The timing table, the real-time factor and the DiT's FLOPs and throughput."""
+
+    steps, passes, seconds, total = s.steps, s.guidance.passes, s.seconds, times.total
+    per_clip = flops["total"] * steps * passes
     rows = [
-        ("DiT forward (1 pass)", f"{t_fwd * 1e3:.1f} ms"),
-        (f"clip ({steps} steps x {guidance.passes} passes)", f"{t_clip:.3f} s"),
-        (f"VAE decode ({clip_frames} frames)", f"{t_dec:.3f} s"),
-        ("speech (front end + SpeechAE)", f"{t_sp * 1e3:.1f} ms"),
+        ("DiT forward (1 pass)", f"{times.forward * 1e3:.1f} ms"),
+        (f"clip ({steps} steps x {passes} passes)", f"{times.clip:.3f} s"),
+        (f"VAE decode ({s.clip_frames} frames)", f"{times.decode:.3f} s"),
+        ("speech (front end + SpeechAE)", f"{times.speech * 1e3:.1f} ms"),
         ("total (clip + decode + speech)", f"{total:.3f} s"),
     ]
     for name, value in rows:
@@ -270,9 +368,46 @@ def run_speed(
     log(
         f"  DiT FLOPs: {_fmt_flops(flops['total'])} per forward "
         f"({100 * flops['attention'] / flops['total']:.0f}% attention), "
-        f"{_fmt_flops(per_clip)} per clip; achieved {per_clip / t_clip / 1e9:.1f} GFLOP/s"
+        f"{_fmt_flops(per_clip)} per clip; achieved {per_clip / times.clip / 1e9:.1f} GFLOP/s"
     )
-    return res_d
+
+
+def run_speed(
+    size: str = "small",
+    res: int = 256,
+    *,
+    vae_preset: str | None = None,
+    steps: int = 8,
+    cfg: str = "split",
+    clip_frames: int = 121,
+    device: str = "cpu",
+    dtype: str = "float32",
+    front_end: str = "auto",
+    whisper: str | None = None,
+    repeats: int = 1,
+    factorised: bool = False,
+    log=print,
+) -> dict[str, float]:
+    """Run the speed bench; prints a report through ``log`` and returns the numbers."""
+
+    s = _setup(size, res, vae_preset, steps, cfg, clip_frames, device, dtype)
+    if front_end == "auto":
+        front_end = "whisper" if (whisper or default_whisper_path()) else "logmel"
+    fe = load_front_end(front_end, whisper, device=s.device)
+    models = _random_models(s, fe, factorised)
+    inputs = _random_inputs(s)
+
+    log(_header(s, models.vae.config.name, front_end))
+    t_fwd, t_clip, latents = _time_dit(models.dit, inputs, s, repeats)
+    times = _Timings(
+        forward=t_fwd,
+        clip=t_clip,
+        decode=_time_vae_decode(models.vae, latents, s),
+        speech=_time_speech(models.speechae, fe, inputs.audio, s, repeats),
+    )
+    flops = dit_flops(s.dit, *s.latent_shape[1:])
+    _log_report(log, times, s, flops)
+    return _numbers(times, s, flops)
 
 
 def flops_report(size: str, res: int, clip_frames: int, steps: int, cfg: str) -> str:

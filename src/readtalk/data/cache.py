@@ -36,6 +36,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -202,27 +203,53 @@ def _recode_shard(path: Path, shard: list, frames: int, front_end, speechae, bar
     return data
 
 
-def build_cache(
-    cfg: CacheConfig, out: str | os.PathLike, progress: bool = True, device: str = "cpu"
-) -> Path:
-    """Encode ``cfg.data`` into ``out`` (resumable); returns the path of ``meta.json``."""
+def _weight_paths(cfg: CacheConfig) -> tuple[Path, Path]:
+    """The VAE and SpeechAE weight files, checked to exist (the VAE's only when given)."""
 
-    cfg.validate()
-    out = Path(out)
     vae_path, speech_path = Path(cfg.vae), release_path(cfg.speech, "speechae.safetensors")
     for what, p in (("VAE", vae_path), ("SpeechAE", speech_path)):
         if (cfg.vae or what != "VAE") and not p.is_file():
             raise ReadtalkError(f"{what} weights not found: {p}")
-    manifest_sha = file_sha256(Path(cfg.data) / "manifest.jsonl")
-    src, src_settings = _latent_source(cfg, manifest_sha) if cfg.latents_from else (None, {})
+    return vae_path, speech_path
+
+
+def _checked_speechae(speech_path: Path, front_end: str, device: str):
+    """The SpeechAE, checked to be trained on the kind of features ``front_end`` makes."""
+
     speechae = load_speechae(speech_path).to(device)
     trained_on = speechae.cfg.front_end
-    if (cfg.front_end == "logmel") != (trained_on == "logmel"):
+    if (front_end == "logmel") != (trained_on == "logmel"):
         raise ReadtalkError(
             f"SpeechAE {speech_path} was trained on {trained_on!r} features, not "
-            f"--front-end {cfg.front_end}"
+            f"--front-end {front_end}"
         )
-    records = load_manifest(cfg.data)
+    return speechae
+
+
+def _checked_front_end(cfg: CacheConfig, speechae, speech_path: Path, device: str):
+    """The audio front end, checked to be the one the SpeechAE was trained on."""
+
+    front_end = load_front_end(cfg.front_end, cfg.whisper or None, device=device)
+    trained_on = speechae.cfg.front_end
+    if front_end.name != trained_on:
+        raise ReadtalkError(
+            f"SpeechAE {speech_path} was trained on {trained_on!r} features, but the front end "
+            f"is {front_end.name!r}"
+        )
+    return front_end
+
+
+def _settings(
+    cfg: CacheConfig,
+    vae_path: Path,
+    speech_path: Path,
+    manifest_sha: str,
+    src: Path | None,
+    src_settings: dict,
+) -> dict:
+    """What the cache depends on (``settings.json``): the config, resolved paths and hashes;
+    with ``src`` (``--latents-from``) the VAE is the old cache's."""
+
     settings = {
         "format": FORMAT,
         **asdict(cfg),
@@ -236,6 +263,13 @@ def build_cache(
     }
     if not src:  # the settings of caches made before --latents-from existed
         del settings["latents_from"]
+    return settings
+
+
+def _claim_folder(out: Path, settings: dict) -> None:
+    """Make ``out`` the folder of a cache with ``settings``: empty or new, or one made with the
+    same settings (resumed); anything else is an error. Writes ``settings.json``."""
+
     settings_path = out / "settings.json"
     if out.exists() and any(out.iterdir()):
         old = json.loads(settings_path.read_text()) if settings_path.is_file() else None
@@ -254,18 +288,52 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
     _write_json(settings, settings_path)
 
-    front_end = load_front_end(cfg.front_end, cfg.whisper or None, device=device)
-    if front_end.name != trained_on:
-        raise ReadtalkError(
-            f"SpeechAE {speech_path} was trained on {trained_on!r} features, but the front end "
-            f"is {front_end.name!r}"
+
+def _encode_shard(
+    shard: list, reader: _ClipReader, frames: int, vae, front_end, speechae, bar
+) -> dict:
+    """The windows of ``shard`` encoded with the VAE and the SpeechAE, stacked."""
+
+    items = []
+    for rec, start in shard:
+        items.append(_encode_window(reader.get(rec), start, frames, vae, front_end, speechae))
+        bar.update(1)
+    data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
+    data["ids"] = [rec["id"] for rec, _ in shard]
+    data["start"] = torch.tensor([s for _, s in shard])
+    data["split"] = [rec["split"] for rec, _ in shard]
+    return data
+
+
+@dataclass
+class _ShardMaker:
+    """Makes a shard's data: encoded with ``vae``, or with ``src`` (``--latents-from``) the
+    old cache's shard of the same name with new speech codes."""
+
+    frames: int
+    front_end: Any
+    speechae: Any
+    vae: Any  # None with src
+    src: Path | None
+    reader: _ClipReader
+
+    def __call__(self, name: str, shard: list, bar) -> dict:
+        if self.src:
+            return _recode_shard(
+                self.src / name, shard, self.frames, self.front_end, self.speechae, bar
+            )
+        return _encode_shard(
+            shard, self.reader, self.frames, self.vae, self.front_end, self.speechae, bar
         )
-    vae = None if src else load_vae(vae_path).to(device).eval()
-    windows, short = _windows(records, cfg.frames)
-    if not windows:
-        raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")
-    shards = [windows[i : i + cfg.shard_size] for i in range(0, len(windows), cfg.shard_size)]
-    reader = _ClipReader(cfg.size)
+
+
+def _write_shards(
+    out: Path, windows: list, shard_size: int, make: _ShardMaker, progress: bool
+) -> list[str]:
+    """Write every shard not yet in ``out`` (finished ones are skipped: resume); returns all
+    shard names in order."""
+
+    shards = [windows[i : i + shard_size] for i in range(0, len(windows), shard_size)]
     bar = tqdm(total=len(windows), desc="cache", unit="window", disable=not progress)
     names = []
     for k, shard in enumerate(shards):
@@ -274,24 +342,24 @@ def build_cache(
         if (out / name).is_file():
             bar.update(len(shard))
             continue
-        if src:
-            data = _recode_shard(src / name, shard, cfg.frames, front_end, speechae, bar)
-        else:
-            items = []
-            for rec, start in shard:
-                items.append(
-                    _encode_window(reader.get(rec), start, cfg.frames, vae, front_end, speechae)
-                )
-                bar.update(1)
-            data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
-            data["ids"] = [rec["id"] for rec, _ in shard]
-            data["start"] = torch.tensor([s for _, s in shard])
-            data["split"] = [rec["split"] for rec, _ in shard]
-
-        atomic_save(data, out / name)
+        atomic_save(make(name, shard, bar), out / name)
     bar.close()
+    return names
 
-    # statistics over the train split (float64 sums, one shard at a time)
+
+@dataclass(frozen=True)
+class _LatentStats:
+    """Latent shape, code width and the per-channel latent mean / std over the train split."""
+
+    shape: list[int]  # (C, f, h, w)
+    code_dim: int
+    mean: list[float]
+    std: list[float]
+
+
+def _latent_stats(out: Path, names: list[str], cfg: CacheConfig) -> _LatentStats:
+    """Statistics over the train split (float64 sums, one shard at a time)."""
+
     total = sq = None
     count = 0
     shape = code_dim = None
@@ -308,24 +376,64 @@ def build_cache(
         raise ReadtalkError(f"{cfg.data} has no clip of {cfg.frames} frames in the train split")
     mean = total / count
     std = (sq / count - mean.pow(2)).clamp_min(1e-12).sqrt().clamp_min(1e-4)
+    return _LatentStats(shape, code_dim, mean.tolist(), std.tolist())
+
+
+def _meta(
+    settings: dict,
+    windows: list,
+    short: int,
+    names: list[str],
+    stats: _LatentStats,
+    front_end: str,
+) -> dict:
+    """The contents of ``meta.json`` (module docstring)."""
+
     counts = {s: sum(r["split"] == s for r, _ in windows) for s in ("train", "test")}
     clips = {s: len({r["id"] for r, _ in windows if r["split"] == s}) for s in ("train", "test")}
-    meta = {
+    return {
         "format": FORMAT,
         "settings": settings,
         "windows": counts,
         "clips": clips,
         "skipped_short": short,
         "shards": names,
-        "frames": cfg.frames,
-        "latent_shape": shape,
-        "code_dim": code_dim,
-        "front_end": front_end.name,
+        "frames": settings["frames"],
+        "latent_shape": stats.shape,
+        "code_dim": stats.code_dim,
+        "front_end": front_end,
         "vae": {"path": settings["vae"], "sha256": settings["vae_sha256"]},
         "speechae": {"path": settings["speech"], "sha256": settings["speech_sha256"]},
-        "latent_mean": mean.tolist(),
-        "latent_std": std.tolist(),
+        "latent_mean": stats.mean,
+        "latent_std": stats.std,
     }
+
+
+def build_cache(
+    cfg: CacheConfig, out: str | os.PathLike, progress: bool = True, device: str = "cpu"
+) -> Path:
+    """Encode ``cfg.data`` into ``out`` (resumable); returns the path of ``meta.json``."""
+
+    cfg.validate()
+    out = Path(out)
+    vae_path, speech_path = _weight_paths(cfg)
+    manifest_sha = file_sha256(Path(cfg.data) / "manifest.jsonl")
+    src, src_settings = _latent_source(cfg, manifest_sha) if cfg.latents_from else (None, {})
+    speechae = _checked_speechae(speech_path, cfg.front_end, device)
+    records = load_manifest(cfg.data)
+    settings = _settings(cfg, vae_path, speech_path, manifest_sha, src, src_settings)
+    _claim_folder(out, settings)
+
+    front_end = _checked_front_end(cfg, speechae, speech_path, device)
+    vae = None if src else load_vae(vae_path).to(device).eval()
+    windows, short = _windows(records, cfg.frames)
+    if not windows:
+        raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")
+    make = _ShardMaker(cfg.frames, front_end, speechae, vae, src, _ClipReader(cfg.size))
+    names = _write_shards(out, windows, cfg.shard_size, make, progress)
+
+    stats = _latent_stats(out, names, cfg)
+    meta = _meta(settings, windows, short, names, stats, front_end.name)
     _write_json(meta, out / "meta.json")
     return out / "meta.json"
 

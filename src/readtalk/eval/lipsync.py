@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import torch
 
+from readtalk.data.synthtalk.identity import luma
 from readtalk.data.synthtalk.mouth_reader import SEARCH, pearson
-from readtalk.data.synthtalk.render import luma
 from readtalk.eval.pixel import ssim
 
 

@@ -36,6 +36,7 @@ import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,129 @@ class _Progress:
         tmp.replace(self.path)
 
 
+def _check_tables(cfg: ResultsConfig, data: str | Path | None, long: str | Path | None) -> None:
+    """The tables asked for are known, and the data they need is given."""
+
+    bad = [t for t in cfg.tables if t not in TABLES]
+    if bad or not cfg.tables:
+        raise ReadtalkError(f"tables must be some of {', '.join(TABLES)}, got {bad or 'none'}")
+    need_data = [t for t in cfg.tables if t != "ans"]
+    if need_data and data is None:
+        raise ReadtalkError(f"the {', '.join(need_data)} table(s) need --data (a test split)")
+    if cfg.tables == ("ans",) and long is None:
+        raise ReadtalkError("the ans table needs --long (a dataset of long clips)")
+
+
+def _fingerprint_base(
+    model: str | Path, data: str | Path | None, cfg: ResultsConfig, tests: list[dict], pipe
+) -> dict:
+    """What every row depends on: the model files, the dataset, the settings, the test clips
+    and the model's resolved generation defaults."""
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("ablations", "tables")}
+    return {
+        "model": _model_fingerprint(model),
+        "data": _sha(Path(data) / "manifest.jsonl") if data is not None else None,
+        "settings": settings,
+        "tests": [r["id"] for r in tests],
+        # the model's resolved defaults, code defaults included
+        "pipeline": pipe.settings().to_dict(),
+    }
+
+
+def _window_spread(report: dict) -> dict:
+    """How lip sync and frame change vary over a report's windows (the ANS table's columns)."""
+
+    windows = [w for ws in report["windows"].values() for w in ws]
+    per_win = [w["mouth_corr"] for w in windows if w.get("mouth_corr") is not None]
+    return {
+        "window_mouth_corr_std": float(np.std(per_win)) if per_win else None,
+        "window_change_std": float(np.std([w["change"] for w in windows])),
+    }
+
+
+@dataclass
+class _Tables:
+    """Computes the tables' rows into ``res``, reusing finished ones (``book``) and saving
+    ``results.json`` after each."""
+
+    pipe: Pipeline
+    tests: list[dict]  # the main table's test clips
+    data: str | Path | None
+    out: Path
+    cfg: ResultsConfig
+    progress: bool
+    book: _Progress
+    res: dict
+
+    @property
+    def main_kw(self) -> dict:
+        """Generation settings of the main, ANS and ablation rows."""
+        return {"steps": self.cfg.main_steps} if self.cfg.main_steps else {}
+
+    def _score(self, pipe, records: list[dict], name: str, **kw) -> dict:
+        return score_set(pipe, records, self.data, self.out, name, self.cfg, self.progress, **kw)
+
+    def main(self) -> None:
+        self.res["main"] = self.book.row(
+            "main", partial(self._score, self.pipe, self.tests, "main", **self.main_kw)
+        )
+        self.book.save(self.res)
+
+    def _grid_cell(self, name: str, guidance: str, steps: int) -> dict:
+        grid = self.tests[: self.cfg.grid_clips]
+        row = self._score(self.pipe, grid, name, steps=steps, guidance=guidance)
+        shutil.rmtree(self.out / name)  # keep the folder small: the metrics stay
+        return row
+
+    def grid(self) -> None:
+        """Steps x guidance on the first ``grid_clips`` test clips (an empty list when not
+        asked for)."""
+        self.res["grid"] = []
+        for g in self.cfg.guidance if "grid" in self.cfg.tables else ():
+            for s in self.cfg.steps:
+                name = f"{g}_{s}"
+                row = self.book.row(f"grid_{name}", partial(self._grid_cell, name, g, s))
+                self.res["grid"].append({"guidance": g, "steps": s, **row})
+                self.book.save(self.res)
+
+    def _ans_row(self, longs: list[dict], long: str | Path, name: str, mode: dict) -> dict:
+        kw = {**self.main_kw, **mode}
+        out, cfg = self.out, self.cfg
+        t = generate_set(self.pipe, longs, out / name, self.progress, seed=cfg.seed, **kw)
+        rep = _score(out / name, long, out / f"eval_{name}", cfg, **_clips(self.pipe))
+        return {**_row(rep, t), **_window_spread(rep)}
+
+    def ans(self, long: str | Path) -> None:
+        """ANS vs plain chunking on the long clips of ``long``."""
+        longs = load_manifest(long, "test")[: self.cfg.long_clips] or load_manifest(long)
+        self.res["ans"] = []
+        for name, mode in ANS_MODES.items():
+            extra = {  # the resolved settings: a changed default recomputes the row
+                "long": _sha(Path(long) / "manifest.jsonl"),
+                "settings": self.pipe.settings(**self.main_kw, **mode).to_dict(),
+            }
+            row = self.book.row(
+                f"ans_{name}", partial(self._ans_row, longs, long, name, mode), extra
+            )
+            self.res["ans"].append({"mode": name, **row})
+            self.book.save(self.res)
+
+    def _ablation_row(self, name: str, mdir: str | Path) -> dict:
+        other = Pipeline.from_pretrained(mdir, device=self.cfg.device)
+        return self._score(other, self.tests, f"abl_{name}", **self.main_kw)
+
+    def ablations(self) -> None:
+        """Every ``--ablation`` model scored like the main one (an empty list when not asked
+        for)."""
+        self.res["ablations"] = []
+        for name, mdir in self.cfg.ablations.items() if "ablations" in self.cfg.tables else ():
+            extra = {"ablation": _model_fingerprint(mdir)}
+            row = self.book.row(f"abl_{name}", partial(self._ablation_row, name, mdir), extra)
+            self.res["ablations"].append({"name": name, "model": str(mdir), **row})
+            self.book.save(self.res)
+
+
 def run_results(
     model: str | Path,
     data: str | Path | None,
@@ -184,104 +308,28 @@ def run_results(
 ) -> dict:
     """Every table; writes ``results.json``, ``results.md`` and plots into ``out``."""
 
-    bad = [t for t in cfg.tables if t not in TABLES]
-    if bad or not cfg.tables:
-        raise ReadtalkError(f"tables must be some of {', '.join(TABLES)}, got {bad or 'none'}")
-    need_data = [t for t in cfg.tables if t != "ans"]
-    if need_data and data is None:
-        raise ReadtalkError(f"the {', '.join(need_data)} table(s) need --data (a test split)")
-    if cfg.tables == ("ans",) and long is None:
-        raise ReadtalkError("the ans table needs --long (a dataset of long clips)")
+    _check_tables(cfg, data, long)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tests = load_manifest(data, "test") if data is not None else []
     if cfg.clips:
         tests = tests[: cfg.clips]
     pipe = Pipeline.from_pretrained(model, device=cfg.device)
-    clips_kw = _clips(pipe)
     res: dict = {
         "model": str(model),
         "data": str(data) if data is not None else None,
         "clips": len(tests),
-        "clip_frames": clips_kw["clip_frames"],
+        "clip_frames": _clips(pipe)["clip_frames"],
         "main_steps": cfg.main_steps or None,
     }
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("ablations", "tables")}
-    base = {
-        "model": _model_fingerprint(model),
-        "data": _sha(Path(data) / "manifest.jsonl") if data is not None else None,
-        "settings": settings,
-        "tests": [r["id"] for r in tests],
-        "pipeline": pipe.settings().to_dict(),  # the model's resolved defaults, code defaults included
-    }
-    book = _Progress(out, base, progress)
-    main_kw = {"steps": cfg.main_steps} if cfg.main_steps else {}
-
-    # 1. main table
+    book = _Progress(out, _fingerprint_base(model, data, cfg, tests, pipe), progress)
+    tables = _Tables(pipe, tests, data, out, cfg, progress, book, res)
     if "main" in cfg.tables:
-        res["main"] = book.row(
-            "main", lambda: score_set(pipe, tests, data, out, "main", cfg, progress, **main_kw)
-        )
-        book.save(res)
-
-    # 2. steps x guidance
-    grid = tests[: cfg.grid_clips]
-    res["grid"] = []
-    for g in cfg.guidance if "grid" in cfg.tables else ():
-        for s in cfg.steps:
-            name = f"{g}_{s}"
-
-            def cell(name=name, g=g, s=s) -> dict:
-                row = score_set(pipe, grid, data, out, name, cfg, progress, steps=s, guidance=g)
-                shutil.rmtree(out / name)  # keep the folder small: the metrics stay
-                return row
-
-            res["grid"].append({"guidance": g, "steps": s, **book.row(f"grid_{name}", cell)})
-            book.save(res)
-
-    # 3. ANS vs plain chunking on long videos
+        tables.main()
+    tables.grid()
     if long and "ans" in cfg.tables:
-        longs = load_manifest(long, "test")[: cfg.long_clips] or load_manifest(long)
-        res["ans"] = []
-        for name, mode in ANS_MODES.items():
-
-            def ans_row(name=name, mode=mode) -> dict:
-                kw = {**main_kw, **mode}
-                t = generate_set(pipe, longs, out / name, progress, seed=cfg.seed, **kw)
-                rep = _score(out / name, long, out / f"eval_{name}", cfg, **clips_kw)
-                per_win = [
-                    w["mouth_corr"]
-                    for ws in rep["windows"].values()
-                    for w in ws
-                    if w.get("mouth_corr") is not None
-                ]
-                return {
-                    **_row(rep, t),
-                    "window_mouth_corr_std": float(np.std(per_win)) if per_win else None,
-                    "window_change_std": float(
-                        np.std([w["change"] for ws in rep["windows"].values() for w in ws])
-                    ),
-                }
-
-            extra = {  # the resolved settings: a changed default recomputes the row
-                "long": _sha(Path(long) / "manifest.jsonl"),
-                "settings": pipe.settings(**main_kw, **mode).to_dict(),
-            }
-            row = book.row(f"ans_{name}", ans_row, extra)
-            res["ans"].append({"mode": name, **row})
-            book.save(res)
-
-    # 4. ablations
-    res["ablations"] = []
-    for name, mdir in cfg.ablations.items() if "ablations" in cfg.tables else ():
-
-        def abl_row(name=name, mdir=mdir) -> dict:
-            other = Pipeline.from_pretrained(mdir, device=cfg.device)
-            return score_set(other, tests, data, out, f"abl_{name}", cfg, progress, **main_kw)
-
-        row = book.row(f"abl_{name}", abl_row, {"ablation": _model_fingerprint(mdir)})
-        res["ablations"].append({"name": name, "model": str(mdir), **row})
-        book.save(res)
+        tables.ans(long)
+    tables.ablations()
     res["reused_rows"] = book.reused
 
     book.save(res)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -270,17 +270,9 @@ def _skip_reasons(cfg: EvalConfig, refs_synth: bool, any_gt: bool) -> dict[str, 
     return skipped
 
 
-def evaluate(
-    pred_dir: str | Path,
-    ref: str | Path,
-    out_dir: str | Path,
-    cfg: EvalConfig = EvalConfig(),
-    progress: bool = True,
-) -> dict:
-    """Score every ``<id>.mp4`` in ``pred_dir``; write ``metrics.json`` and plots to ``out_dir``."""
+def _paired_predictions(pred_dir: Path, ref: str | Path) -> tuple[list[Path], dict[str, Reference]]:
+    """The generated videos in ``pred_dir`` and the references, checked to cover every one."""
 
-    cfg.validate()
-    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     if not pred_dir.is_dir():
         raise ReadtalkError(f"generated-video folder not found: {pred_dir}")
     preds = sorted(pred_dir.glob("*.mp4"))
@@ -292,13 +284,37 @@ def evaluate(
         raise ReadtalkError(
             f"{len(missing)} generated video(s) have no reference in {ref} (first: {missing[0]})"
         )
-    synth = all(refs[p.stem].synthtalk and refs[p.stem].gap is not None for p in preds)
-    skipped = _skip_reasons(cfg, synth, any(refs[p.stem].video for p in preds))
+    return preds, refs
 
-    syncnet = None
-    if "sync_c" not in skipped:
-        syncnet = load_syncnet(cfg.syncnet, cfg.syncnet_size)
-    fid_pred, fid_ref, fvd_pred, fvd_ref = [], [], [], []
+
+@dataclass
+class _FrechetSets:
+    """Generated and true frames for FID (every ``stride``-th) and 16-frame clips for FVD."""
+
+    stride: int
+    fid_pred: list = field(default_factory=list)
+    fid_ref: list = field(default_factory=list)
+    fvd_pred: list = field(default_factory=list)
+    fvd_ref: list = field(default_factory=list)
+
+    def add(self, frames: np.ndarray, gt: np.ndarray) -> None:
+        self.fid_pred.append(frames[:: self.stride])
+        self.fid_ref.append(gt[:: self.stride])
+        self.fvd_pred += [frames[i : i + 16] for i in range(0, len(frames) - 15, 16)]
+        self.fvd_ref += [gt[i : i + 16] for i in range(0, len(gt) - 15, 16)]
+
+
+def _score_videos(
+    preds: list[Path],
+    refs: dict[str, Reference],
+    cfg: EvalConfig,
+    syncnet,
+    frechet: _FrechetSets | None,
+    progress: bool,
+) -> tuple[dict, dict, dict]:
+    """``score_video`` on every prediction (audio: its own, else the reference's); collects
+    frames into ``frechet``. Returns per-video values, windows and plot extras by id."""
+
     videos, windows, extras = {}, {}, {}
     for path in tqdm(preds, desc="eval", unit="video", disable=not progress):
         r = refs[path.stem]
@@ -312,11 +328,14 @@ def evaluate(
         if syncnet is not None and audio is None:
             row["sync_skipped"] = "no audio in the video or the reference"
         videos[path.stem], windows[path.stem], extras[path.stem] = row, win, ext
-        if ("fid" not in skipped or "fvd" not in skipped) and gt is not None:
-            fid_pred.append(frames[:: cfg.fid_stride])
-            fid_ref.append(gt[:: cfg.fid_stride])
-            fvd_pred += [frames[i : i + 16] for i in range(0, len(frames) - 15, 16)]
-            fvd_ref += [gt[i : i + 16] for i in range(0, len(gt) - 15, 16)]
+        if frechet is not None and gt is not None:
+            frechet.add(frames, gt)
+    return videos, windows, extras
+
+
+def _aggregate(videos: dict, skipped: dict, cfg: EvalConfig) -> dict:
+    """Per-video values -> one value per metric (FID / FVD aside; module docstring); a metric
+    no video has goes into ``skipped``."""
 
     result: dict = {}
     for key in METRICS:
@@ -337,21 +356,37 @@ def evaluate(
         result["mouth_still"] = len(still)
         if scored or still:
             result["mouth_corr_all"] = float(np.sum(scored) / (len(scored) + len(still)))
-    if fid_pred:
+    return result
+
+
+def _frechet_scores(
+    sets: _FrechetSets | None, skipped: dict, cfg: EvalConfig, progress: bool
+) -> dict:
+    """FID and FVD where they apply; the reason for the others goes into ``skipped``."""
+
+    result: dict = {}
+    if sets is not None and sets.fid_pred:
         if "fid" not in skipped:
             result["fid"] = fid(
-                fid_pred, fid_ref, cfg.inception, device=cfg.device, progress=progress
+                sets.fid_pred, sets.fid_ref, cfg.inception, device=cfg.device, progress=progress
             )
         if "fvd" not in skipped:
-            if len(fvd_pred) < 2:
+            if len(sets.fvd_pred) < 2:
                 skipped["fvd"] = "fewer than 2 clips of 16 frames"
             else:
                 result["fvd"] = fvd(
-                    fvd_pred, fvd_ref, cfg.i3d, device=cfg.device, progress=progress
+                    sets.fvd_pred, sets.fvd_ref, cfg.i3d, device=cfg.device, progress=progress
                 )
     else:
         for key in ("fid", "fvd"):
             skipped.setdefault(key, "no ground-truth videos to compare with")
+    return result
+
+
+def _write_report(
+    result: dict, videos: dict, windows: dict, skipped: dict, cfg: EvalConfig, out_dir: Path
+) -> dict:
+    """Assemble the report (NaN as null) and write it to ``out_dir/metrics.json``."""
 
     report = {
         **result,
@@ -368,6 +403,35 @@ def evaluate(
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out_dir / "metrics.json")
+    return report
+
+
+def evaluate(
+    pred_dir: str | Path,
+    ref: str | Path,
+    out_dir: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    progress: bool = True,
+) -> dict:
+    """Score every ``<id>.mp4`` in ``pred_dir``; write ``metrics.json`` and plots to ``out_dir``."""
+
+    cfg.validate()
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    preds, refs = _paired_predictions(pred_dir, ref)
+    synth = all(refs[p.stem].synthtalk and refs[p.stem].gap is not None for p in preds)
+    skipped = _skip_reasons(cfg, synth, any(refs[p.stem].video for p in preds))
+
+    syncnet = None
+    if "sync_c" not in skipped:
+        syncnet = load_syncnet(cfg.syncnet, cfg.syncnet_size)
+    frechet = None
+    if "fid" not in skipped or "fvd" not in skipped:
+        frechet = _FrechetSets(cfg.fid_stride)
+    videos, windows, extras = _score_videos(preds, refs, cfg, syncnet, frechet, progress)
+
+    result = _aggregate(videos, skipped, cfg)
+    result.update(_frechet_scores(frechet, skipped, cfg, progress))
+    report = _write_report(result, videos, windows, skipped, cfg, out_dir)
     plot(report, extras, out_dir)
     return report
 

@@ -27,8 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from readtalk.data.synthtalk import tts
-from readtalk.data.synthtalk.render import FaceRenderer, FrameState, Identity, mouth_measures
-from readtalk.data.synthtalk.render import sample_identity as _sample_face
+from readtalk.data.synthtalk.identity import Identity
+from readtalk.data.synthtalk.identity import sample_identity as _sample_face
+from readtalk.data.synthtalk.render import FaceRenderer, FrameState, mouth_measures
 from readtalk.data.synthtalk.text import sentence
 from readtalk.data.synthtalk.visemes import mouth_trajectory
 from readtalk.errors import ReadtalkError

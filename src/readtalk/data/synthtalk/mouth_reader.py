@@ -1,6 +1,6 @@
 """Measure the mouth opening of a SynthTalk frame from its pixels.
 
-The renderer fills the space between the lips with a reserved colour (``render.CAVITY``): dark
+The renderer fills the space between the lips with a reserved colour (``identity.CAVITY``): dark
 (luma about 27) and magenta-red, unlike any skin, lip, hair, clothes or background colour; teeth
 and tongue take fixed fractions of the gap. The reader:
 
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from readtalk.data.manifest import load_manifest, load_track, resolve
-from readtalk.data.synthtalk.render import BRIGHT, DARK, cavity_distance, luma
+from readtalk.data.synthtalk.identity import BRIGHT, DARK, cavity_distance, luma
 from readtalk.media import iter_frames
 
 NEAR, FAR = 12.0, 40.0  # colour distances at which the locating score is 1 and 0
