@@ -300,6 +300,26 @@ def test_pipeline_generates_with_a_factorised_vae(fvae, tmp_path):
     res = pipe(image, audio * 0.1, progress=False)
     assert res.frames.shape == (45, 64, 64, 3)
     assert res.frames.std() > 0
+    assert res.settings.group_blend == 2  # the default: group starts blended
+    # the blend is causal: a stream in 20-ms pieces gives the same frames
+    s = pipe.stream(image)
+    x = audio * 0.1
+    streamed = [f for i in range(0, len(x), 320) for f in s.push(x[i : i + 320])] + s.flush()
+    assert np.array_equal(np.stack(streamed), res.frames)
+    plain = pipe(image, x, group_blend=0, progress=False).frames
+    assert np.array_equal(plain[:1], res.frames[:1])  # frame 0: no group before it
+    assert not np.array_equal(plain, res.frames)
+
+
+def test_blend_group_start_spreads_the_step():
+    from readtalk.vae.factorised import blend_group_start
+
+    last = torch.zeros(1, 2, 3, 3)
+    run = torch.ones(1, 8, 2, 3, 3)  # a step of 1 into the group, then still
+    out = blend_group_start(run, last, 3)
+    steps = torch.cat([last[:, None], out], dim=1).diff(dim=1).amax(dim=(2, 3, 4))[0]
+    assert torch.allclose(steps[:4], torch.full((4,), 0.25)) and steps[4:].abs().max() == 0
+    assert torch.equal(out[:, 3:], run[:, 3:]) and torch.equal(blend_group_start(run, last, 0), run)
 
 
 def test_a_new_frame_decoder_keeps_the_latents(synth_dataset, frame_vae, tmp_path, capsys):

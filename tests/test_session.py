@@ -163,3 +163,16 @@ def test_speech_features_are_computed_per_window_as_offline(pipe, speech):
     assert len(calls["offline"]) == len(calls["stream"]) == 3
     for a, b in zip(calls["offline"], calls["stream"], strict=True):
         assert np.array_equal(a, b)
+
+
+def test_async_variants_give_the_same_frames(pipe, speech, offline):
+    import asyncio
+
+    async def run():
+        s = pipe.stream(_face(), seed=0)
+        out = []
+        for i in range(0, len(speech), 4000):
+            out += await s.apush(speech[i : i + 4000])
+        return out + await s.aflush()
+
+    assert np.array_equal(np.stack(asyncio.run(run())), offline)

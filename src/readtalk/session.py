@@ -25,11 +25,13 @@ starting afresh at every clip.
 
 Determinism: the noise of every clip is drawn in order from one ``torch.Generator`` seeded
 with ``settings.seed`` on the sampling device. Thread safety: ``push`` and ``flush`` hold a
-lock; from asyncio, run them in an executor (``await loop.run_in_executor(None, s.push, x)``).
+lock; from asyncio, ``await s.apush(x)`` / ``await s.aflush()`` run them in a worker thread
+(the same as ``await loop.run_in_executor(None, s.push, x)``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,6 +165,14 @@ class Session:
             self._release()
             return out
 
+    async def apush(self, audio: np.ndarray | Tensor) -> list[np.ndarray]:
+        """``push`` for asyncio: runs in a worker thread, so the event loop stays free."""
+        return await asyncio.to_thread(self.push, audio)
+
+    async def aflush(self) -> list[np.ndarray]:
+        """``flush`` for asyncio (a worker thread)."""
+        return await asyncio.to_thread(self.flush)
+
     # ---- clips
 
     def _next_window(self, rest: int | None) -> ClipWindow:
@@ -227,7 +237,8 @@ class Session:
             self._history = seq[:, :, -self._keep :]
         state = self._decode_state if self._carry else None
         ov = self._ov
-        for run in self.models.vae.iter_decode(latent, prefix=prefix, state=state):
+        vae, blend = self.models.vae, self.settings.group_blend
+        for run in vae.iter_decode(latent, prefix=prefix, state=state, blend=blend):
             a, b = done, done + run.shape[2]
             done = b
             if ov:  # the last ``ov`` decoded frames, across runs

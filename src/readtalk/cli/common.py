@@ -111,7 +111,7 @@ def load_pipeline(a: argparse.Namespace):
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     """The generation settings (``readtalk.settings.GenerationSettings``) as options; None
     keeps the model's default."""
-    from readtalk.settings import DECODE_CONTEXT
+    from readtalk.settings import DECODE_CONTEXT, GROUP_BLEND
 
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: model's, 8)")
     p.add_argument(
@@ -145,6 +145,14 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
         help=f"latents of the previous clip the VAE decoder continues from (default "
         f"{DECODE_CONTEXT}; 0: every clip decoded on its own, the ablation)",
     )
+    p.add_argument(
+        "--group-blend",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"frames over which a factorised VAE spreads the step into each 8-frame group "
+        f"(default {GROUP_BLEND}; 0: as decoded)",
+    )
 
 
 def settings_overrides(a: argparse.Namespace) -> dict:
@@ -153,4 +161,5 @@ def settings_overrides(a: argparse.Namespace) -> dict:
         "steps": a.steps, "guidance": a.cfg, "alpha": a.alpha, "beta": a.beta, "gamma": a.gamma,
         "seed": a.seed, "clip_frames": a.clip_frames, "ans": not a.no_ans,
         "motion_from": a.motion_from, "decode_context": a.decode_context,
+        "group_blend": a.group_blend,
     }  # fmt: skip

@@ -187,8 +187,12 @@ class VideoVAE(LatentCodec):
         clamp: bool = True,
         prefix: Tensor | None = None,
         state: dict | None = None,
+        blend: int = 0,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latent frames at a time, yielding consecutive runs of video frames.
+
+        ``blend`` is the factorised VAE's group-start blend; this decoder convolves across
+        latents itself and has no group steps to spread, so it is accepted and not used.
 
         Memory is bounded by one piece and its context, whatever the length; a caller
         that writes each run out (under ``torch.no_grad()``) never holds the whole video.

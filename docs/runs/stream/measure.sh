@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# docs/streaming.md: clip length against quality (2 held-out 60-s videos) and streaming timings
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=results/stream
+for cf in 57 33 17; do
+  mkdir -p $R/gen$cf
+  for id in $(.venv/bin/python -c "from readtalk.data.manifest import load_manifest; print(' '.join(r['id'] for r in load_manifest('data/long60','test')))"); do
+    [ -f $R/gen$cf/$id.mp4 ] || .venv/bin/readtalk generate --image data/long60/ref/$id.png --audio data/long60/video/$id.mp4 \
+      --out $R/gen$cf/$id.mp4 --clip-frames $cf --quiet
+  done
+  .venv/bin/readtalk eval --pred $R/gen$cf --ref data/long60 --out $R/eval$cf --clip-frames $cf --quiet > $R/eval$cf.txt
+done
+for cf in 57 33 17; do
+  .venv/bin/readtalk bench stream --seconds 60 --clip-frames $cf --json $R/fast$cf.json > $R/fast$cf.txt 2>&1
+done
+.venv/bin/readtalk bench stream --seconds 60 --paced --json $R/paced57.json > $R/paced57.txt 2>&1
+echo done > $R/done
