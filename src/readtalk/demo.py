@@ -18,9 +18,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from readtalk.data.manifest import load_manifest, resolve
 from readtalk.data.sheet import dataset_sheet
-from readtalk.data.synthtalk import SynthConfig, generate
+from readtalk.data.synthtalk import SynthConfig, generate, reference_portrait
 from readtalk.errors import ReadtalkError
 from readtalk.media import SAMPLE_RATE, write_image
 from readtalk.pipeline import Pipeline
@@ -46,6 +48,12 @@ def synth_inputs(out: Path, size: int, seed: int) -> dict:
         "truth": resolve(rec, "video"),
         "text": rec.get("text", ""),
     }
+
+
+def demo_portrait(size: int, seed: int = 0) -> np.ndarray:
+    """The portrait ``synth_inputs(out, size, seed)`` uses, without rendering its clip: uint8
+    (size, size, 3), a held-out SynthTalk face (the face a model trained on SynthTalk knows)."""
+    return reference_portrait(1000 + seed, 0, size)
 
 
 def run_demo(

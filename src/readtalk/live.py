@@ -15,7 +15,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,11 +27,12 @@ from readtalk.data.synthtalk.text import sentence
 from readtalk.errors import ReadtalkError
 from readtalk.media import FPS, SAMPLE_RATE, LiveVideoWriter, load_audio
 from readtalk.pipeline import Pipeline
+from readtalk.session import Session
 from readtalk.settings import GenerationSettings
 
 __all__ = [
-    "StreamReport", "bench_stream", "pcm_pieces", "pieces", "run_live", "speech_for",
-    "speech_source",
+    "StreamReport", "bench_stream", "frame_timing", "pcm_pieces", "pieces", "rss_mb",
+    "run_live", "speech_for", "speech_source",
 ]  # fmt: skip
 
 
@@ -112,10 +113,11 @@ class StreamReport:
         ]
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB (Linux /proc; peak RSS elsewhere)."""
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of this process (or process ``pid``) now, in MB (Linux /proc; this
+    process's peak RSS elsewhere)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid or 'self'}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
@@ -145,24 +147,60 @@ class _Clock:
     def report(
         self, pipe_settings: GenerationSettings, chunk_ms: float, rss0: float
     ) -> StreamReport:
-        ready = np.asarray(self.ready)
-        if len(ready) == 0:
-            raise ReadtalkError("no frames were generated")
         wall = time.perf_counter() - self.t0
-        first = float(ready[0])
-        late = ready - (first + np.arange(len(ready)) / FPS)
         audio_s = self.samples / SAMPLE_RATE
         return StreamReport(
-            audio_s=audio_s, frames=len(ready), chunk_ms=chunk_ms, paced=self.paced,
-            wall_s=wall, first_frame_s=first, rtf=wall / max(audio_s, 1e-9),
-            lateness_p50_s=float(np.percentile(late, 50)),
-            lateness_p95_s=float(np.percentile(late, 95)), lateness_max_s=float(late.max()),
-            underruns=int((late > 1e-3).sum()), rss_start_mb=rss0, rss_end_mb=rss_mb(),
-            clip_frames=pipe_settings.clip_frames, steps=pipe_settings.steps,
+            audio_s=audio_s, frames=len(self.ready), chunk_ms=chunk_ms, paced=self.paced,
+            wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready),
+            rss_start_mb=rss0, rss_end_mb=rss_mb(), clip_frames=pipe_settings.clip_frames,
+            steps=pipe_settings.steps,
         )  # fmt: skip
 
 
+def frame_timing(ready: list[float] | np.ndarray) -> dict[str, float | int]:
+    """Frame ``k`` ready at ``ready[k]`` seconds after the first sample was sent, played from
+    the first frame on at 25 fps: ``first_frame_s``, its lateness (ready time minus play
+    time) p50 / p95 / max, and ``underruns`` (frames not ready when due)."""
+    ready = np.asarray(ready, np.float64)
+    if len(ready) == 0:
+        raise ReadtalkError("no frames were generated")
+    first = float(ready[0])
+    late = ready - (first + np.arange(len(ready)) / FPS)
+    return {
+        "first_frame_s": first, "lateness_p50_s": float(np.percentile(late, 50)),
+        "lateness_p95_s": float(np.percentile(late, 95)), "lateness_max_s": float(late.max()),
+        "underruns": int((late > 1e-3).sum()),
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------------- the runs
+
+
+def chunk_samples(chunk_ms: float) -> int:
+    """Samples in a piece of ``chunk_ms`` milliseconds (at least one)."""
+    if chunk_ms <= 0:
+        raise ReadtalkError(f"--chunk-ms must be positive, got {chunk_ms}")
+    return max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+
+
+def _drive(
+    session: Session,
+    speech: Iterable[np.ndarray],
+    clock: _Clock,
+    sink: Callable[[np.ndarray | None, list[np.ndarray]], None] | None = None,
+) -> None:
+    """Push every piece (paced by ``clock``), then flush; ``sink(piece, frames)`` sees each
+    piece with the frames it made final (``piece`` None for the flush)."""
+    for piece in speech:
+        clock.before_push(len(piece))
+        frames = session.push(piece)
+        clock.got(frames)
+        if sink is not None:
+            sink(piece, frames)
+    frames = session.flush()
+    clock.got(frames)
+    if sink is not None:
+        sink(None, frames)
 
 
 def run_live(
@@ -181,17 +219,14 @@ def run_live(
     session = pipe.stream(image, settings, crop=crop)
     clock, rss0 = _Clock(paced), rss_mb()
     with LiveVideoWriter(out, pipe.size, pipe.size) as vw:
-        for piece in speech:
-            clock.before_push(len(piece))
-            frames = session.push(piece)
-            clock.got(frames)
-            vw.write_audio(piece)
+
+        def write(piece: np.ndarray | None, frames: list[np.ndarray]) -> None:
+            if piece is not None:
+                vw.write_audio(piece)
             for frame in frames:
                 vw.write(frame)
-        frames = session.flush()
-        clock.got(frames)
-        for frame in frames:
-            vw.write(frame)
+
+        _drive(session, speech, clock, write)
     return clock.report(session.settings, chunk_ms, rss0)
 
 
@@ -205,21 +240,16 @@ def bench_stream(
     paced: bool = False,
 ) -> StreamReport:
     """Feed ``audio`` to a session in ``chunk_ms`` pieces and time every frame (no file)."""
-    if chunk_ms <= 0:
-        raise ReadtalkError(f"--chunk-ms must be positive, got {chunk_ms}")
-    chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+    chunk = chunk_samples(chunk_ms)
     session = pipe.stream(image, settings)
     clock, rss0 = _Clock(paced), rss_mb()
-    for piece in pieces(audio, chunk):
-        clock.before_push(len(piece))
-        clock.got(session.push(piece))
-    clock.got(session.flush())
+    _drive(session, pieces(audio, chunk), clock)
     return clock.report(session.settings, chunk_ms, rss0)
 
 
 def speech_source(audio: str, chunk_ms: float) -> Iterator[np.ndarray]:
     """``readtalk live --audio``: a file's speech in pieces, or ``-``: PCM s16le from stdin."""
-    chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+    chunk = chunk_samples(chunk_ms)
     if audio == "-":
         return pcm_pieces(sys.stdin.buffer, chunk)
     return pieces(load_audio(Path(audio)), chunk)

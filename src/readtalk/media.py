@@ -174,7 +174,55 @@ def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMP
 # ------------------------------------------------------------------------------------------ video
 
 
-class VideoWriter:
+class _Mp4Encoder:
+    """What both mp4 writers share: an H.264 stream (yuv420p), AAC tracks, frame checks."""
+
+    def _open(self, target: Path, width: int, height: int, fps: int, video_options: dict,
+              container_options: dict | None = None) -> None:  # fmt: skip
+        if width % 2 or height % 2:
+            raise ReadtalkError(f"H.264 needs even frame sizes, got {width}x{height}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._c = av.open(str(target), "w", format="mp4", options=container_options or {})
+        self._v = self._c.add_stream("libx264", rate=fps)
+        self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
+        self._v.options = video_options
+        self._a = None
+        self._n = 0
+        self._shape = (height, width, 3)
+
+    def _add_aac(self, sample_rate: int) -> None:
+        self._a = self._c.add_stream("aac", rate=sample_rate)
+        self._a.layout = "mono"
+        self._a.bit_rate = 64000
+
+    def _encode_audio(self, audio: np.ndarray, pts: int, sample_rate: int) -> int:
+        """Encode mono float samples starting at sample ``pts``; returns how many."""
+        x = np.ascontiguousarray(np.clip(audio, -1, 1), dtype=np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = pts
+        frame.time_base = Fraction(1, sample_rate)
+        self._mux(self._a.encode(frame))
+        return x.shape[1]
+
+    def _mux(self, packets) -> None:
+        for pkt in packets:
+            self._c.mux(pkt)
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != self._shape or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 {self._shape}, got {frame.dtype} {frame.shape}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self._n
+        self._n += 1
+        self._mux(self._v.encode(vf))
+
+    @property
+    def frames_written(self) -> int:
+        return self._n
+
+
+class VideoWriter(_Mp4Encoder):
     """Streaming H.264 mp4 writer (yuv420p) with an optional AAC audio track.
 
     Frames are encoded as they arrive, so memory does not grow with length. The file is written
@@ -192,55 +240,23 @@ class VideoWriter:
         preset: str = "veryfast",
         threads: int = 0,
     ) -> None:
-        if width % 2 or height % 2:
-            raise ReadtalkError(f"H.264 needs even frame sizes, got {width}x{height}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _tmp_name(self.path)
-        self._c = av.open(str(self._tmp), "w", format="mp4")
-        self._v = self._c.add_stream("libx264", rate=fps)
-        self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
-        self._v.options = {"crf": str(crf), "preset": preset}
+        self._open(self._tmp, width, height, fps, {"crf": str(crf), "preset": preset})
         self._v.codec_context.thread_count = threads
-        self._a = None
-        self._n = 0
-        self._shape = (height, width, 3)
 
     def add_audio(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
         """Mux a whole mono float track (call once, before or after the frames)."""
         if self._a is not None:
             raise RuntimeError("audio already added")
-        audio = np.ascontiguousarray(np.clip(audio, -1, 1), dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ReadtalkError("audio must be a non-empty mono track")
-        self._a = self._c.add_stream("aac", rate=sample_rate)
-        self._a.layout = "mono"
-        self._a.bit_rate = 64000
-        frame = av.AudioFrame.from_ndarray(audio[None], format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = 0
-        frame.time_base = Fraction(1, sample_rate)
-        for pkt in self._a.encode(frame):
-            self._c.mux(pkt)
-        for pkt in self._a.encode():
-            self._c.mux(pkt)
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape != self._shape or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 {self._shape}, got {frame.dtype} {frame.shape}")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        vf.pts = self._n
-        self._n += 1
-        for pkt in self._v.encode(vf):
-            self._c.mux(pkt)
-
-    @property
-    def frames_written(self) -> int:
-        return self._n
+        self._add_aac(sample_rate)
+        self._encode_audio(audio, 0, sample_rate)
+        self._mux(self._a.encode())
 
     def close(self) -> Path:
-        for pkt in self._v.encode():
-            self._c.mux(pkt)
+        self._mux(self._v.encode())
         self._c.close()
         os.replace(self._tmp, self.path)
         return self.path
@@ -260,7 +276,7 @@ class VideoWriter:
             self.abort()
 
 
-class LiveVideoWriter:
+class LiveVideoWriter(_Mp4Encoder):
     """A growing mp4 for live output: fragmented (``frag_keyframe+empty_moov``), written in
     place, so a player can open it while frames are still arriving; H.264 tuned for zero
     latency with a keyframe every second, and an AAC track fed piece by piece
@@ -269,53 +285,21 @@ class LiveVideoWriter:
     def __init__(
         self, path: str | os.PathLike, width: int, height: int, fps: int = FPS, crf: int = 20
     ) -> None:
-        if width % 2 or height % 2:
-            raise ReadtalkError(f"H.264 needs even frame sizes, got {width}x{height}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        opts = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
-        self._c = av.open(str(self.path), "w", format="mp4", options=opts)
-        self._v = self._c.add_stream("libx264", rate=fps)
-        self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
-        self._v.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency",
-                           "g": str(fps)}  # fmt: skip
-        self._a = self._c.add_stream("aac", rate=SAMPLE_RATE)
-        self._a.layout = "mono"
-        self._a.bit_rate = 64000
-        self._n = 0
+        video = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "g": str(fps)}
+        container = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+        self._open(self.path, width, height, fps, video, container)
+        self._add_aac(SAMPLE_RATE)
         self._samples = 0
-        self._shape = (height, width, 3)
 
     def write_audio(self, audio: np.ndarray) -> None:
         """Append mono float samples at ``SAMPLE_RATE``."""
-        if len(audio) == 0:
-            return
-        x = np.ascontiguousarray(np.clip(audio, -1, 1), dtype=np.float32)[None]
-        frame = av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._samples
-        frame.time_base = Fraction(1, SAMPLE_RATE)
-        self._samples += x.shape[1]
-        for pkt in self._a.encode(frame):
-            self._c.mux(pkt)
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape != self._shape or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 {self._shape}, got {frame.dtype} {frame.shape}")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        vf.pts = self._n
-        self._n += 1
-        for pkt in self._v.encode(vf):
-            self._c.mux(pkt)
-
-    @property
-    def frames_written(self) -> int:
-        return self._n
+        if len(audio):
+            self._samples += self._encode_audio(audio, self._samples, SAMPLE_RATE)
 
     def close(self) -> Path:
-        for stream in (self._v, self._a):
-            for pkt in stream.encode():
-                self._c.mux(pkt)
+        self._mux(self._v.encode())
+        self._mux(self._a.encode())
         self._c.close()
         return self.path
 
@@ -409,10 +393,23 @@ def read_video(path: str | os.PathLike, stop: int | None = None) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3); alpha is composited over white."""
     p = _require_file(path, "image")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return decode_image(np.fromfile(str(p), dtype=np.uint8), f"image {p}")
+
+
+def decode_image(
+    data: bytes | np.ndarray, what: str = "image", max_pixels: int | None = None
+) -> np.ndarray:
+    """Encoded image bytes (PNG/JPEG/BMP/WebP) -> uint8 RGB (H, W, 3); alpha is composited
+    over white. ``max_pixels``: refuse larger images (checked from the header, before the
+    pixels are decoded)."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
+    if max_pixels is not None:
+        head = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if head is not None and head.size * 64 > max_pixels:
+            raise ReadtalkError(f"{what} is too large: over {max_pixels} pixels")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ReadtalkError(f"cannot read image {p}: not a PNG/JPEG/BMP/WebP image or corrupt")
+        raise ReadtalkError(f"cannot read {what}: not a PNG/JPEG/BMP/WebP image or corrupt")
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
@@ -423,7 +420,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.dtype != np.uint8:
         img = (img / 257).astype(np.uint8)
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ReadtalkError(f"{what} is too large: over {max_pixels} pixels")
     return img
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
+    """uint8 RGB (H, W, 3) -> JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

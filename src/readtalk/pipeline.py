@@ -288,21 +288,31 @@ class Pipeline:
     ) -> Iterator[np.ndarray]:
         """The session over the whole (prepared) ``audio``, fed one clip's worth of new speech
         at a time so that memory stays bounded: yields uint8 (H, W, 3) frames in order."""
-        clips = _clip_count(self, len(audio), settings)
-        bar = tqdm(total=clips * settings.steps, desc="generate", unit="step", disable=not progress)
+        yield from _feed(*self._offline_session(image, len(audio), settings, progress), audio)
+
+    def _offline_session(
+        self,
+        image: Any,
+        samples: int,
+        st: GenerationSettings,
+        progress: bool,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> tuple[Session, tqdm]:
+        """A session for a whole recording of ``samples``, with a progress bar over its
+        clips' steps; ``on_progress(fraction done)`` after every step."""
+        tf = self.vae.temporal_factor
+        clips = len(plan_clips(frames_for_samples(samples), st.clip_latents(tf), st.motion_latents))
+        total = clips * st.steps
+        bar = tqdm(total=total, desc="generate", unit="step", disable=not progress)
 
         def on_step(window) -> None:
             bar.set_postfix(clip=f"{window.index + 1}/{clips}", refresh=False)
             bar.update(1)
+            if on_progress is not None:
+                on_progress(bar.n / total)
 
-        session = self.stream(image, settings, on_step=on_step if progress else None)
-        piece = (settings.clip_frames - 1) * SAMPLES_PER_FRAME
-        try:
-            for start in range(0, len(audio), piece):
-                yield from session.push(audio[start : start + piece])
-            yield from session.flush()
-        finally:
-            bar.close()
+        watched = progress or on_progress is not None
+        return self.stream(image, st, on_step=on_step if watched else None), bar
 
     def __call__(
         self,
@@ -321,11 +331,11 @@ class Pipeline:
         t0 = time.perf_counter()
         st = self.settings(settings, **overrides)
         x = self.prepare_audio(audio)
-        frames = np.stack(list(self.iter_frames(image, x, st, progress=progress)))
+        session, bar = self._offline_session(image, len(x), st, progress)
+        frames = np.stack(list(_feed(session, bar, x)))
         return GenerationResult(
-            num_frames=len(frames), fps=FPS, size=self.size, audio=x,
-            clips=_clip_count(self, len(x), st), seconds=time.perf_counter() - t0,
-            frames=frames, settings=st,
+            num_frames=len(frames), fps=FPS, size=self.size, audio=x, clips=session.clips,
+            seconds=time.perf_counter() - t0, frames=frames, settings=st,
         )  # fmt: skip
 
     def generate_to_file(
@@ -336,29 +346,39 @@ class Pipeline:
         settings: GenerationSettings | None = None,
         *,
         progress: bool = True,
+        on_progress: Callable[[float], None] | None = None,
         **overrides: Any,
     ) -> GenerationResult:
         """Generate straight into an mp4 (H.264 + AAC of the original audio), frames written
-        as they are decoded; the file appears only once complete. Settings as ``__call__``."""
+        as they are decoded; the file appears only once complete (an exception, e.g. raised by
+        ``on_progress(fraction done)`` to cancel, leaves no file). Settings as ``__call__``."""
         t0 = time.perf_counter()
         st = self.settings(settings, **overrides)
         x = self.prepare_audio(audio)
         image = self.prepare_image(image)  # fail on a bad image before any work
+        session, bar = self._offline_session(image, len(x), st, progress, on_progress)
         with VideoWriter(out, self.size, self.size, fps=FPS) as vw:
             vw.add_audio(x)
-            for frame in self.iter_frames(image, x, st, progress=progress):
+            for frame in _feed(session, bar, x):
                 vw.write(frame)
             n = vw.frames_written
         assert n == frames_for_samples(len(x))
         return GenerationResult(
-            num_frames=n, fps=FPS, size=self.size, audio=x, clips=_clip_count(self, len(x), st),
+            num_frames=n, fps=FPS, size=self.size, audio=x, clips=session.clips,
             seconds=time.perf_counter() - t0, path=Path(out), settings=st,
         )  # fmt: skip
 
 
-def _clip_count(pipe: Pipeline, samples: int, st: GenerationSettings) -> int:
-    tf = pipe.vae.temporal_factor
-    return len(plan_clips(frames_for_samples(samples), st.clip_latents(tf), st.motion_latents))
+def _feed(session: Session, bar: tqdm, audio: np.ndarray) -> Iterator[np.ndarray]:
+    """A whole recording through ``session``, one clip's worth of new speech at a time (so
+    memory stays bounded); closes the progress bar at the end."""
+    piece = (session.settings.clip_frames - 1) * SAMPLES_PER_FRAME
+    try:
+        for start in range(0, len(audio), piece):
+            yield from session.push(audio[start : start + piece])
+        yield from session.flush()
+    finally:
+        bar.close()
 
 
 def _check_parts(vae: Any, speechae: Any, dit: DiTRelease, front_end: Any) -> None:

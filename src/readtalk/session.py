@@ -141,7 +141,9 @@ class Session:
         x = as_audio(audio, "pushed audio")
         with self._lock:
             if self.closed:
-                raise ReadtalkError("this session was flushed; start a new one with stream()")
+                raise ReadtalkError(
+                    "this session was flushed or closed; start a new one with stream()"
+                )
             self._pending.append(x.copy())
             self.samples_in += len(x)
             out: list[np.ndarray] = []
@@ -160,10 +162,18 @@ class Session:
             self.closed = True
             total = frames_for_samples(self.samples_in)
             out: list[np.ndarray] = []
-            while self.frames_out + len(out) < total:
-                out.extend(self._run(self._next_window(total - self.frames_out - len(out))))
+            while self.frames_out < total:  # ``_run`` counts the frames it returns
+                out.extend(self._run(self._next_window(total - self.frames_out)))
             self._release()
             return out
+
+    def close(self) -> None:
+        """Drop the session without generating the rest (a client went away): frees its
+        audio, latents and decoder state at once. Idempotent; ``push`` afterwards is an
+        error."""
+        with self._lock:
+            self.closed = True
+            self._release()
 
     async def apush(self, audio: np.ndarray | Tensor) -> list[np.ndarray]:
         """``push`` for asyncio: runs in a worker thread, so the event loop stays free."""

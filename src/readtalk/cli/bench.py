@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from readtalk.cli.data import add_synth_args, synth_config
 from readtalk.errors import ReadtalkError
 
 # readtalk.eval.results.TABLES, spelt out so that `readtalk --help` stays instant
-# (tests/test_cli.py checks they agree)
+# (tests/test_layers.py checks they agree)
 RESULT_TABLES = ("main", "grid", "ans", "ablations")
 
 
@@ -156,9 +157,6 @@ def _add_results(bench_sub) -> None:
 
 def cmd_bench_stream(a: argparse.Namespace) -> None:
     """``readtalk bench stream``."""
-    import json
-    import tempfile
-
     from readtalk.demo import synth_inputs
     from readtalk.live import bench_stream, speech_for
     from readtalk.media import load_audio
@@ -173,6 +171,41 @@ def cmd_bench_stream(a: argparse.Namespace) -> None:
     if a.json:
         Path(a.json).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
         print(f"wrote {a.json}")
+
+
+def cmd_bench_serve(a: argparse.Namespace) -> None:
+    """``readtalk bench serve``."""
+    from readtalk.cli.serve import import_serve
+
+    import_serve()
+    from readtalk.serve.loadtest import bench_serve
+
+    settings = {k: v for k, v in (("steps", a.steps), ("clip_frames", a.clip_frames)) if v}
+    rep = bench_serve(
+        a.streams, a.seconds, url=a.url, token=a.token, model=a.model, chunk_ms=a.chunk_ms,
+        stagger_s=a.stagger, settings=settings,
+    )  # fmt: skip
+    print("\n".join(rep.lines()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+        print(f"wrote {a.json}")
+
+
+def _add_serve(bench) -> None:
+    p = bench.add_parser(
+        "serve", help="concurrent paced WebSocket streams against a server: fps, latency, RSS"
+    )
+    p.add_argument("--streams", type=int, default=1, help="concurrent streams")
+    p.add_argument("--seconds", type=float, default=30.0, help="speech per stream")
+    p.add_argument("--url", help="a running server (default: start one on a free port)")
+    p.add_argument("--token", default=None, help="the server's token")
+    p.add_argument("--model", default=None, help="model of the server started (default: demo)")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="piece size in milliseconds")
+    p.add_argument("--stagger", type=float, default=0.5, help="seconds between stream starts")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: model's)")
+    p.add_argument("--clip-frames", type=int, default=None, help="frames per clip, 8k+1")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_serve)
 
 
 def register(sub) -> None:
@@ -202,3 +235,4 @@ def register(sub) -> None:
     add_model_args(p)
     add_settings_args(p)
     p.set_defaults(func=cmd_bench_stream)
+    _add_serve(bench)

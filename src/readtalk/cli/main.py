@@ -14,11 +14,11 @@ import argparse
 import sys
 
 from readtalk import __version__
-from readtalk.cli import bench, data, eval, generate, train
+from readtalk.cli import bench, data, eval, generate, serve, train
 from readtalk.errors import ReadtalkError
 
 # the command groups, in the order `readtalk --help` lists them
-GROUPS = (generate, data, train, eval, bench)
+GROUPS = (generate, data, train, eval, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

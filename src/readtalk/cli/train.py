@@ -9,7 +9,7 @@ from readtalk.cli.common import add_train_args, report_release, train_config
 from readtalk.errors import ReadtalkError
 
 # readtalk.eval.syncnet's CROPS and SYNCNET_SIZES, spelt out so that `readtalk --help` does not
-# import torch (tests/test_cli.py checks they agree)
+# import torch (tests/test_layers.py checks they agree)
 SYNCNET_CROPS = ("full", "lower")
 SYNCNET_SIZES = ("v2", "small96", "debug")
 

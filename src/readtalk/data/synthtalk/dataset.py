@@ -245,6 +245,12 @@ def reference_state() -> FrameState:
 # ------------------------------------------------------------------------------------ one clip
 
 
+def reference_portrait(seed: int, index: int, size: int) -> np.ndarray:
+    """The reference portrait of SynthTalk identity ``index`` of a dataset made with ``seed``:
+    uint8 (size, size, 3)."""
+    return FaceRenderer(sample_person(seed, index).face, size).render(reference_state())
+
+
 def _r(x: np.ndarray, nd: int = 5) -> list[float]:
     return [round(float(v), nd) for v in x]
 
