@@ -453,3 +453,18 @@ def test_webrtc_peer_gets_the_avatar_and_its_speech(server):
             break
         time.sleep(0.1)
     assert httpx.get(server.url + "/health").json()["sessions"] == 0
+
+
+# -------------------------------------------------------------------------------- load
+
+
+def test_bench_serve_reports_every_stream(server, pipe):
+    from readtalk.serve.loadtest import bench_serve, dit_batching
+
+    rep = bench_serve(2, 1.5, url=server.url, token=TOKEN, settings={"steps": 1}, stagger_s=0.1)
+    assert len(rep.results) == 2 and rep.errors == 0
+    for r in rep.results:
+        assert r.frames == r.expected == frames_for_samples(24000) and r.first_frame_s > 0
+    assert rep.rss_start_mb > 0 and any("stream 1:" in line for line in rep.lines())
+    rows = dit_batching(pipe, (1, 2), repeats=1)
+    assert [r["rows"] for r in rows] == [3, 6] and rows[0]["speedup"] == 1.0

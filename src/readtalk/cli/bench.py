@@ -183,7 +183,7 @@ def cmd_bench_serve(a: argparse.Namespace) -> None:
     settings = {k: v for k, v in (("steps", a.steps), ("clip_frames", a.clip_frames)) if v}
     rep = bench_serve(
         a.streams, a.seconds, url=a.url, token=a.token, model=a.model, chunk_ms=a.chunk_ms,
-        stagger_s=a.stagger, settings=settings,
+        stagger_s=a.stagger, settings=settings, batching=a.batching,
     )  # fmt: skip
     print("\n".join(rep.lines()))
     if a.json:
@@ -204,6 +204,9 @@ def _add_serve(bench) -> None:
     p.add_argument("--stagger", type=float, default=0.5, help="seconds between stream starts")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: model's)")
     p.add_argument("--clip-frames", type=int, default=None, help="frames per clip, 8k+1")
+    p.add_argument(
+        "--batching", action="store_true", help="also time one DiT call for 1..N sessions"
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_serve)
 

@@ -23,13 +23,15 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 import numpy as np
+import torch
 import websockets
 
 from readtalk.errors import ReadtalkError
 from readtalk.live import frame_timing, rss_mb, speech_for
 from readtalk.media import FPS, SAMPLE_RATE, frames_for_samples
+from readtalk.pipeline import Pipeline
 
-__all__ = ["ServeReport", "bench_serve"]
+__all__ = ["ServeReport", "bench_serve", "dit_batching"]
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ServeReport:
     rss_start_mb: float
     rss_end_mb: float
     settings: dict = field(default_factory=dict)
+    batching: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,12 @@ class ServeReport:
             f"errors {self.errors}",
             f"  server RSS {self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB",
         ]
+        for b in self.batching:
+            out.append(
+                f"  DiT batching: {b['sessions']} session(s) in one call ({b['rows']} rows) "
+                f"{b['call_s'] * 1e3:.0f} ms, {b['per_session_s'] * 1e3:.0f} ms a session "
+                f"({b['speedup']:.2f}x)"
+            )
         for i, r in enumerate(self.results):
             out.append(
                 f"  stream {i}: {r.frames}/{r.expected} frames, {r.fps:.2f} fps, first "
@@ -114,6 +123,38 @@ async def _one_stream(url: str, token: str | None, audio: np.ndarray, chunk: int
     fps = (len(ready) - 1) / span if span > 0 else float(FPS)
     return StreamResult(len(ready), expected, fps, t["first_frame_s"], t["lateness_p95_s"],
                         t["underruns"], error)  # fmt: skip
+
+
+def dit_batching(pipe, sessions: tuple[int, ...] = (1, 2, 4), repeats: int = 5) -> list[dict]:
+    """What batching several sessions into one DiT pass buys: one guided DiT call of a clip
+    (the guidance batch of one session: 3 rows with Split-CFG) against ``n`` sessions' rows
+    in one call. Returns per ``n``: seconds per call, per session, and the speed-up."""
+    st = pipe.default_settings
+    rows = {"split": 3, "joint": 2}.get(st.guidance, 1)
+    cfg, f = pipe.dit.cfg, st.clip_latents(pipe.vae.temporal_factor)
+    h = pipe.size // pipe.vae.spatial_factor
+    dev, dt = pipe.device, pipe.dtype
+    out = []
+    for n in sessions:
+        b = rows * n
+        c = cfg.latent_channels
+        args = (
+            torch.randn(b, c, f, h, h, device=dev, dtype=dt),  # noisy latents
+            torch.rand(b, 1 + f, device=dev),  # per-frame timesteps
+            torch.randn(b, c, 1, h, h, device=dev, dtype=dt),  # reference
+            torch.randn(b, f, cfg.audio_dim, device=dev, dtype=dt),  # speech codes
+        )
+        with torch.no_grad():
+            pipe.dit(*args)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                pipe.dit(*args)
+        sec = (time.perf_counter() - t0) / repeats
+        out.append({"sessions": n, "rows": b, "call_s": sec, "per_session_s": sec / n})
+    base = out[0]["per_session_s"]
+    for r in out:
+        r["speedup"] = base / r["per_session_s"]
+    return out
 
 
 def _free_port() -> int:
@@ -181,11 +222,18 @@ def bench_serve(
     stagger_s: float = 0.5,
     settings: dict | None = None,
     seed: int = 0,
+    batching: bool = False,
 ) -> ServeReport:
     """Run ``streams`` paced streams of ``seconds`` of speech against ``url`` (None: a server
-    of its own, ``model``), and report (module docstring)."""
+    of its own, ``model``), and report (module docstring). ``batching``: first measure
+    ``dit_batching`` for 1 .. ``streams`` sessions on the model in this process."""
     if streams < 1 or seconds <= 0:
         raise ReadtalkError("bench serve needs --streams >= 1 and --seconds > 0")
+    batch = []
+    if batching:
+        pipe = Pipeline.from_pretrained(model)
+        batch = dit_batching(pipe, tuple(sorted({1, *range(2, streams + 1, 2), streams})))
+        del pipe
     server = None if url else _Subprocess(model, max_sessions=streams)
     url = url or server.url
     pid = server.proc.pid if server else None
@@ -207,5 +255,5 @@ def bench_serve(
         fps_min=min((r.fps for r in results), default=0.0),
         underruns=sum(r.underruns for r in results),
         errors=sum(r.error is not None or r.frames != r.expected for r in results),
-        rss_start_mb=rss0, rss_end_mb=rss1, settings=settings or {},
+        rss_start_mb=rss0, rss_end_mb=rss1, settings=settings or {}, batching=batch,
     )  # fmt: skip
