@@ -46,6 +46,7 @@ def server(pipe, tmp_path_factory):
     cfg = ServeConfig(
         token=TOKEN, max_sessions=2, max_jobs=2, idle_timeout_s=2.0, max_message_bytes=64_000,
         max_audio_seconds=4.0, max_upload_bytes=1_000_000, max_image_pixels=512 * 512,
+        max_backlog_s=3.0,
         jobs_dir=tmp_path_factory.mktemp("jobs"),
     )  # fmt: skip
     with BackgroundServer(Engine(pipe, cfg)) as s:
@@ -204,6 +205,28 @@ def test_message_too_big_and_idle_close_the_stream(server):
     assert code == 1009 and "over 64000 bytes" in msg["message"]
     msg, code = run(go(lambda ws: asyncio.sleep(0)))  # says nothing: idle after 2 s
     assert code == 1001 and "idle" in msg["message"]
+
+
+def test_a_server_that_falls_behind_ends_the_stream(server):
+    engine = server.server.config.app.state.engine
+    hold = threading.Event()
+
+    async def go():
+        async with _ws(server) as ws:
+            await ws.send(json.dumps({"type": "start", "steps": 1}))
+            await ws.recv()
+            engine.executor.submit(hold.wait, 30)  # the compute thread stalls
+            for _ in range(8):  # 4 s of speech in 0.5-s messages: still read at once
+                await ws.send(_pcm(np.zeros(8000, np.float32)))
+            _, events = await _events(ws, until="error", limit=20)
+            await ws.wait_closed()
+            return events[-1], ws.close_code
+
+    try:
+        msg, code = run(go())
+    finally:
+        hold.set()
+    assert code == 1013 and "fell 3 s behind" in msg["message"]
 
 
 def test_session_limit_gives_1013_and_frees(server):

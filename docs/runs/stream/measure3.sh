@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/streaming.md: streaming timings on an otherwise idle machine (group_blend 2, 4 steps)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 R=results/stream/t3; mkdir -p $R
 for cf in 57 33 25 17; do
   .venv/bin/readtalk bench stream --seconds 60 --clip-frames $cf --json $R/fast$cf.json > $R/fast$cf.txt 2>&1

@@ -34,6 +34,7 @@ class ServeConfig:
     max_message_bytes: int = 2**20  # one binary WebSocket message (PCM)
     max_start_bytes: int = 16 * 2**20  # the start message (with its base64 image)
     idle_timeout_s: float = 60.0  # a live stream with no message for this long is closed
+    max_backlog_s: float = 30.0  # speech a stream may wait on before it is closed (1013)
     job_ttl_s: float = 3600.0  # finished jobs (and their files) are deleted after this
     jpeg_quality: int = 85
     jobs_dir: Path | None = None

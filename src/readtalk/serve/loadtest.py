@@ -111,11 +111,17 @@ async def _one_stream(url: str, token: str | None, audio: np.ndarray, chunk: int
 
         t0 = time.perf_counter()
         reader = asyncio.create_task(receive())
-        for i, start in enumerate(range(0, len(pcm), 2 * chunk)):
-            await asyncio.sleep(max(0.0, t0 + i * chunk / SAMPLE_RATE - time.perf_counter()))
-            await ws.send(pcm[start : start + 2 * chunk])
-        await ws.send(json.dumps({"type": "end"}))
-        await reader
+        try:
+            for i, start in enumerate(range(0, len(pcm), 2 * chunk)):
+                await asyncio.sleep(max(0.0, t0 + i * chunk / SAMPLE_RATE - time.perf_counter()))
+                await ws.send(pcm[start : start + 2 * chunk])
+            await ws.send(json.dumps({"type": "end"}))
+        except websockets.ConnectionClosed as e:
+            error = error or f"closed while sending: {e}"
+        try:
+            await reader
+        except websockets.ConnectionClosed as e:
+            error = error or f"closed: {e}"
     if not ready:
         return StreamResult(0, expected, 0.0, float("nan"), float("nan"), 0, error or "no frames")
     t = frame_timing(ready)
@@ -199,7 +205,7 @@ async def _run_streams(url, token, streams, seconds, chunk, stagger_s, settings,
 
     async def delayed(i: int) -> StreamResult:
         await asyncio.sleep(i * stagger_s)
-        audio = speech_for(seconds, seed + i)
+        audio = await asyncio.to_thread(speech_for, seconds, seed + i)
         try:
             return await _one_stream(ws_url, token, audio, chunk, settings)
         except (OSError, websockets.WebSocketException) as e:
