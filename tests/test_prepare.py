@@ -277,6 +277,38 @@ def test_an_error_mid_clip_is_reported_and_retried(footage, tmp_path, monkeypatc
     assert prepare(videos, tmp_path / "ds", CFG, progress=False)["clips"] == 3
 
 
+def test_internal_errors_are_one_line_unless_debug(footage, tmp_path, monkeypatch):
+    import readtalk.data.prepare as P
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "talk.mp4").symlink_to(footage / "alice/talk.mp4")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(P.fc, "crop_frame", broken)
+    short = prepare(videos, tmp_path / "a", CFG, progress=False)["errors"][0]
+    assert short == "RuntimeError: disk on fire"
+    long = prepare(videos, tmp_path / "b", CFG, progress=False, debug=True)["errors"][0]
+    assert long.startswith("RuntimeError: disk on fire [Traceback") and "crop_frame" not in short
+
+
+def test_looped_carphone_with_shorter_tts_speech(tmp_path):
+    """A newcomer's footage: the carphone clip looped to 12 s with espeak-ng speech that ends
+    before the video (the face is tracked past the speech's last frame)."""
+    from readtalk.live import speech_for
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    car = carphone()
+    looped = np.concatenate([car, car[::-1], car])  # 360 frames, 12 s at 29.97 fps
+    talk = speech_for(9.0)
+    mux(videos / "me.mp4", looped, talk)  # the audio track ends after ~9 s
+    s = prepare(videos, tmp_path / "ds", CFG, progress=False)
+    assert s["errors"] == [] and s["clips"] >= 1
+
+
 def test_synthtalk_videos(synth_dataset, tmp_path):
     """SynthTalk's drawn faces through the same path: every video gives a clip or says no_face
     (the HOG detector was trained on photographs; it finds these drawings)."""

@@ -177,6 +177,25 @@ def test_bad_messages_are_errors_the_stream_survives(server):
         assert part in text
 
 
+def test_a_portrait_the_model_does_not_know_is_a_warning(server, pipe):
+    async def go():
+        async with _ws(server) as ws:
+            await ws.send(json.dumps({"type": "start", "image": _png(_face())}))
+            msg = json.loads(await ws.recv())
+            await ws.close()
+            return msg
+
+    pipe.defaults["portrait"] = {"psnr_min": 200.0}  # nothing fits
+    try:
+        warned = run(go())
+        pipe.defaults["portrait"] = {"psnr_min": -200.0}  # everything fits
+        quiet = run(go())
+    finally:
+        del pipe.defaults["portrait"]
+    assert warned["type"] == "ready" and "unlike the faces" in warned["warning"]
+    assert quiet["type"] == "ready" and "warning" not in quiet
+
+
 def test_bad_image_is_one_error(server):
     big = np.zeros((600, 600, 3), np.uint8)  # over max_image_pixels
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from readtalk.data.manifest import load_manifest, resolve
 from readtalk.errors import ReadtalkError
+from readtalk.media import read_image
 from readtalk.pipeline import Pipeline
 from readtalk.release import model_files, read_safetensors, release_path, write_safetensors
 from readtalk.settings import MODEL_DEFAULT_KEYS
@@ -47,8 +49,12 @@ def export_model(
     dit: str | os.PathLike,
     dtype: str = "float16",
     defaults: dict | None = None,
+    portraits: str | os.PathLike | None = None,
 ) -> dict:
-    """Write a model folder; returns ``{"files": {name: bytes}, "total_bytes": n}``."""
+    """Write a model folder; returns ``{"files": {name: bytes}, "total_bytes": n}``.
+    ``portraits``: the training dataset; the statistics of its training split's reference
+    portraits go into pipeline.json ("portrait"), so that a portrait unlike them is warned
+    about (``Pipeline.portrait_fit``)."""
     if dtype not in STORE_DTYPES:
         raise ReadtalkError(f"--dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
     unknown = sorted(set(defaults or {}) - set(MODEL_DEFAULT_KEYS))
@@ -68,6 +74,8 @@ def export_model(
     for name, dst in model_files(root).items():
         sizes[dst.name] = convert(sources[name], dst, STORE_DTYPES[dtype])
     pj = root / "pipeline.json"
+    if portraits is not None:
+        defaults = {**(defaults or {}), "portrait": _portrait_stats(root, portraits)}
     if defaults:
         tmp = pj.with_name(".pipeline.json.partial")
         tmp.write_text(json.dumps(defaults, indent=2, sort_keys=True) + "\n")
@@ -76,6 +84,18 @@ def export_model(
         sizes[pj.name] = pj.stat().st_size
     Pipeline.from_pretrained(root)  # fails with a clear error if the parts do not fit together
     return {"files": sizes, "total_bytes": sum(sizes.values())}
+
+
+def _portrait_stats(root: Path, data: str | os.PathLike) -> dict:
+    """``Pipeline.portrait_statistics`` of the training split's reference portraits of a
+    dataset (one per identity), with the weights just written to ``root``."""
+    refs = {}
+    for rec in load_manifest(data, split="train"):
+        refs.setdefault(rec.get("identity", rec["id"]), resolve(rec, "ref"))
+    if not refs:
+        raise ReadtalkError(f"{data}: no training clips to take portrait statistics from")
+    pipe = Pipeline.from_pretrained(root)
+    return pipe.portrait_statistics(read_image(p) for p in refs.values())
 
 
 __all__ = ["convert", "export_model"]

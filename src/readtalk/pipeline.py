@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -40,7 +42,7 @@ from readtalk.data import faces
 from readtalk.device import resolve_device, resolve_dtype
 from readtalk.diffusion.ans import plan_clips
 from readtalk.dit.release import DiTRelease, load_dit_release
-from readtalk.errors import ReadtalkError
+from readtalk.errors import PortraitWarning, ReadtalkError
 from readtalk.media import (
     FPS,
     SAMPLE_RATE,
@@ -51,6 +53,7 @@ from readtalk.media import (
     frames_for_samples,
     load_audio,
     read_image,
+    to_tensor,
     write_video,
 )
 from readtalk.release import default_model_dir, read_model_folder
@@ -60,9 +63,59 @@ from readtalk.speech.frontend import FEATURE_RATE, load_front_end
 from readtalk.speech.speechae import load_speechae
 from readtalk.vae.factorised import load_vae
 
-__all__ = ["GenerationResult", "Pipeline", "face_crop"]
+__all__ = [
+    "GenerationResult", "Pipeline", "PortraitFit", "PortraitWarning", "face_crop", "saturation",
+]  # fmt: skip
 
 CROPS = ("center", "face")
+# What a model knows of portraits, when its folder records nothing (pipeline.json "portrait",
+# written by ``readtalk export --portraits``): a VAE reconstruction under 20 dB is a face it
+# cannot draw; colourfulness is not checked.
+DEFAULT_PORTRAIT = {"psnr_min": 20.0, "saturation": [0.0, 1.0]}
+PSNR_MARGIN = 1.5  # dB under the worst training portrait
+SATURATION_MARGIN = 0.05  # around the training portraits' range
+
+
+@dataclass(frozen=True)
+class PortraitFit:
+    """How a framed portrait compares with the faces a model was trained on: ``psnr`` (dB) of
+    the model VAE's own reconstruction of it (low: a face the model cannot draw) and its
+    colourfulness ``saturation`` (mean HSV saturation in [0, 1]), against the ranges its
+    model folder records (``Pipeline.portrait_statistics``)."""
+
+    psnr: float
+    saturation: float
+    psnr_min: float
+    saturation_range: tuple[float, float]
+
+    @property
+    def ok(self) -> bool:
+        lo, hi = self.saturation_range
+        return self.psnr >= self.psnr_min and lo <= self.saturation <= hi
+
+    @property
+    def threshold(self) -> float:
+        return self.psnr_min
+
+    def message(self) -> str:
+        why = []
+        if self.psnr < self.psnr_min:
+            why.append(f"the model's VAE redraws it at {self.psnr:.1f} dB, its training faces "
+                       f"at >= {self.psnr_min:.1f} dB")  # fmt: skip
+        lo, hi = self.saturation_range
+        if not lo <= self.saturation <= hi:
+            why.append(f"its colourfulness {self.saturation:.2f} lies outside the training "
+                       f"faces' {lo:.2f}..{hi:.2f}")  # fmt: skip
+        return (
+            f"this portrait is unlike the faces the model was trained on ({'; '.join(why)}): "
+            "expect a blurred or wrong face. Fine-tune the model on videos of this person "
+            "(docs/prepare.md) or use a portrait like its training faces."
+        )
+
+
+def saturation(image: np.ndarray) -> float:
+    """Mean HSV saturation of a uint8 RGB image, in [0, 1] (0: grey)."""
+    return float(cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 1].mean() / 255.0)
 
 
 @dataclass
@@ -270,13 +323,52 @@ class Pipeline:
         *,
         crop: str = "center",
         on_step: Callable[[Any], None] | None = None,
+        check_portrait: bool = True,
         **overrides: Any,
     ) -> Session:
         """A live session for one portrait: ``push`` speech as it arrives, get final frames
         back, ``flush`` at the end (``readtalk.session``). Settings as ``__call__``;
-        ``on_step(window)`` is called after every Euler step."""
+        ``on_step(window)`` is called after every Euler step. A portrait unlike the model's
+        training faces gives a ``PortraitWarning`` (``check_portrait=False``: not checked)."""
         st = self.settings(settings, **overrides)
-        return Session(self.models, self.prepare_image(image, crop), st, on_step=on_step)
+        portrait = self.prepare_image(image, crop)
+        if check_portrait:
+            self.check_portrait(portrait)
+        return Session(self.models, portrait, st, on_step=on_step)
+
+    def portrait_fit(self, portrait: np.ndarray) -> PortraitFit:
+        """How a framed portrait (uint8 (size, size, 3)) compares with the model's training
+        faces (``PortraitFit``): cheap, one frame encoded and decoded."""
+        img = np.ascontiguousarray(portrait)
+        x = to_tensor(img[None])[None].to(self.device, self.dtype)
+        with torch.no_grad():
+            y = self.vae.decode(self.vae.encode(x)).float().clamp(-1, 1)
+        mse = float(((y - x.float()) ** 2).mean()) / 4.0  # in [0, 1] units
+        psnr = 10 * float(np.log10(1.0 / max(mse, 1e-10)))
+        known = {**DEFAULT_PORTRAIT, **self.defaults.get("portrait", {})}
+        lo, hi = known["saturation"]
+        return PortraitFit(psnr, saturation(img), float(known["psnr_min"]), (float(lo), float(hi)))
+
+    def portrait_statistics(self, portraits: Iterable[np.ndarray]) -> dict[str, Any]:
+        """The ranges ``portrait_fit`` checks, from the model's training portraits (framed,
+        uint8): what ``readtalk export --portraits`` records in pipeline.json ("portrait")."""
+        fits = [self.portrait_fit(self.prepare_image(p)) for p in portraits]
+        if not fits:
+            raise ReadtalkError("no training portraits to take statistics from")
+        sat = [f.saturation for f in fits]
+        return {
+            "psnr_min": round(min(f.psnr for f in fits) - PSNR_MARGIN, 2),
+            "saturation": [round(max(0.0, min(sat) - SATURATION_MARGIN), 3),
+                           round(min(1.0, max(sat) + SATURATION_MARGIN), 3)],
+            "portraits": len(fits),
+        }  # fmt: skip
+
+    def check_portrait(self, portrait: np.ndarray) -> PortraitFit:
+        """``portrait_fit``, with a ``PortraitWarning`` when the model will not draw it well."""
+        fit = self.portrait_fit(portrait)
+        if not fit.ok:
+            warnings.warn(fit.message(), PortraitWarning, stacklevel=3)
+        return fit
 
     def iter_frames(
         self,

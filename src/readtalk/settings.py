@@ -152,6 +152,10 @@ def _coerce(value: Any, tp: str, name: str) -> Any:
 
 
 # the keys of a model's defaults (pipeline.json, the DiT release) that readtalk reads: the
-# frame size and the generation settings a model may fix (the seed and the ANS switch are the
-# caller's)
-MODEL_DEFAULT_KEYS = ("size", *(k for k in GenerationSettings.fields() if k not in ("seed", "ans")))
+# frame size, the generation settings a model may fix (the seed and the ANS switch are the
+# caller's) and what it knows of portraits
+MODEL_DEFAULT_KEYS = (
+    "size",
+    *(k for k in GenerationSettings.fields() if k not in ("seed", "ans")),
+    "portrait",  # the training portraits' statistics (Pipeline.portrait_fit)
+)

@@ -107,7 +107,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
         max_upscale=a.max_upscale,
         test_fraction=a.test_fraction,
     )
-    summary = prepare(a.videos, a.out, cfg, progress=not a.quiet)
+    summary = prepare(a.videos, a.out, cfg, progress=not a.quiet, debug=a.debug)
     print(format_summary(summary, a.out))
     print(f"  manifest.jsonl, rejected.jsonl and prepare.json in {a.out}")
 
@@ -136,6 +136,7 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="of identities")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="internal errors with their traces")
     p.set_defaults(func=cmd_prepare)
 
 

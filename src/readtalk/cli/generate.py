@@ -88,7 +88,10 @@ def cmd_export(a: argparse.Namespace) -> None:
             defaults = {**json.loads(src.read_text()), **defaults}
         except (OSError, json.JSONDecodeError) as e:
             raise ReadtalkError(f"cannot read {src} ({e})") from None
-    res = export_model(a.out, a.vae, a.speech, a.dit, dtype=a.dtype, defaults=defaults or None)
+    res = export_model(
+        a.out, a.vae, a.speech, a.dit, dtype=a.dtype, defaults=defaults or None,
+        portraits=a.portraits,
+    )  # fmt: skip
     for name, n in res["files"].items():
         print(f"  {name:22s} {n / 1e6:7.2f} MB")
     print(f"wrote {a.out} ({res['total_bytes'] / 1e6:.2f} MB, weights stored as {a.dtype})")
@@ -115,6 +118,13 @@ def _add_export(sub) -> None:
         help="a pipeline.json default (size, steps, guidance, alpha, beta, clip_frames, ...)",
     )
     p.add_argument("--copy-defaults", default=None, help="start pipeline.json from this file")
+    p.add_argument(
+        "--portraits",
+        default=None,
+        metavar="DATA",
+        help="training dataset: record its portraits' statistics, so that generation warns "
+        "about a portrait unlike them",
+    )
     p.set_defaults(func=cmd_export)
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from readtalk import __version__
 from readtalk.cli import bench, data, eval, generate, serve, train
-from readtalk.errors import ReadtalkError
+from readtalk.errors import ReadtalkError, ReadtalkWarning
 
 # the command groups, in the order `readtalk --help` lists them
 GROUPS = (generate, data, train, eval, bench, serve)
@@ -32,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """readtalk's own warnings as one line; others as Python shows them."""
+    if issubclass(category, ReadtalkWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         args.func(args)
     except ReadtalkError as e:

@@ -179,12 +179,13 @@ def link_tracks(
     the largest face. It ends at a scene cut (``cuts``: frames that begin a new shot), after
     ``max_gap`` frames without a detection, or when the followed face jumps away (no overlap),
     which is returned as a *jump* (the first frame of the next track) so a clip never straddles
-    it. Tracks never overlap in time.
+    it. Tracks never overlap in time. Detections at frames ``>= n_frames`` (video past the end of
+    its speech, say) are ignored.
     """
     tracks: list[Track] = []
     jumps: set[int] = set()
     cur: Track | None = None
-    for k in sorted(detections):
+    for k in sorted(k for k in detections if k < n_frames):
         faces = detections[k]
         if cur is not None:
             cut_between = any(cur.frames[-1] < c <= k for c in cuts)

@@ -197,20 +197,22 @@ def process_video(src: Source, out: Path, cfg: PrepareConfig, threads: int = 0) 
     return res
 
 
-def _job(args: tuple[Source, str, PrepareConfig, int]) -> dict:
-    src, out, cfg, threads = args
+def _job(args: tuple[Source, str, PrepareConfig, int, bool]) -> dict:
+    src, out, cfg, threads, debug = args
     if threads == 1:
         cv2.setNumThreads(1)
     try:
         return process_video(src, Path(out), cfg, threads)
     except Exception as e:  # a bug: report it, write no marker (so the next run retries)
-        tb = traceback.format_exc(limit=-3).strip().replace("\n", " | ")
+        detail = f"{type(e).__name__}: {e}"
+        if debug:  # the trace, for a bug report
+            detail += " [" + traceback.format_exc().strip().replace("\n", " | ") + "]"
         return {
             "source": src.rel,
             "identity": src.identity,
             "duration": 0.0,
             "clips": [],
-            "rejected": [_reject(src, "error", f"{type(e).__name__}: {e} [{tb}]")],
+            "rejected": [_reject(src, "error", detail)],
             "error": True,
         }
 
@@ -284,9 +286,11 @@ def prepare(
     out_dir: str | os.PathLike,
     cfg: PrepareConfig | None = None,
     progress: bool = True,
+    debug: bool = False,
 ) -> dict:
     """Turn every video under ``videos_dir`` into clips in ``out_dir`` (new, or an earlier run
-    to resume) and return the summary (also written to ``out_dir/prepare.json``)."""
+    to resume) and return the summary (also written to ``out_dir/prepare.json``). A video that
+    fails on an internal error is reported in one line (``debug``: with its trace)."""
 
     cfg = cfg or PrepareConfig()
     cfg.validate()
@@ -310,7 +314,7 @@ def prepare(
             results[src.rel] = res
     workers = max(1, min(cfg.workers or os.cpu_count() or 1, len(todo)))
     threads = 1 if workers > 1 else 0
-    jobs = [(src, str(out), cfg, threads) for src in todo]
+    jobs = [(src, str(out), cfg, threads, debug) for src in todo]
     bar = tqdm(
         total=len(sources), initial=len(results), desc="prepare", unit="video", disable=not progress
     )

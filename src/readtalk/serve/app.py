@@ -143,8 +143,9 @@ async def submit(request: Request) -> JSONResponse:
             tmp.flush()
             # decoding is light: a worker thread, not the model's compute thread
             audio = await asyncio.to_thread(jobs.read_audio, Path(tmp.name))
+    warning = await asyncio.to_thread(engine.portrait_warning, image)  # one frame: not queued
     try:
-        job = jobs.submit(image, audio, settings)
+        job = jobs.submit(image, audio, settings, warning)
     except QueueFull as e:
         raise HTTPException(503, str(e)) from None
     return JSONResponse(job.to_dict(), status_code=202)

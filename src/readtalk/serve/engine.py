@@ -115,10 +115,20 @@ class Engine:
             raise ReadtalkError(f"steps must be <= {MAX_STEPS}, got {st.steps}")
         return st
 
+    def portrait_warning(self, image: np.ndarray) -> str | None:
+        """The one-line warning for a framed portrait unlike the model's training faces (the
+        pipeline's ``PortraitWarning``), sent to the client; None when it fits."""
+        fit = self.pipe.portrait_fit(image)
+        return None if fit.ok else fit.message()
+
     def stream(self, image: np.ndarray, settings: GenerationSettings) -> LiveStream:
         """A live stream for a framed portrait (call on the compute thread: it encodes the
-        portrait)."""
-        return LiveStream(self.pipe.stream(image, settings), self.config, image)
+        portrait); its ``warning`` says when the model will not draw this face well."""
+        live = LiveStream(
+            self.pipe.stream(image, settings, check_portrait=False), self.config, image
+        )
+        live.warning = self.portrait_warning(image)
+        return live
 
 
 class LiveStream:
@@ -128,6 +138,7 @@ class LiveStream:
     def __init__(self, session: Session, config: ServeConfig, portrait: np.ndarray) -> None:
         self.session = session
         self.portrait = portrait  # the framed portrait, uint8 (size, size, 3)
+        self.warning: str | None = None
         self.config = config
         self._odd = b""  # a PCM byte left over from a message of odd length
         self.frames = 0

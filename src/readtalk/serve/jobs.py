@@ -45,6 +45,7 @@ class Job:
     status: str = "queued"
     progress: float = 0.0
     error: str | None = None
+    warning: str | None = None  # the portrait is unlike the model's training faces
     created: float = field(default_factory=time.time)
     ended: float | None = None
 
@@ -57,6 +58,8 @@ class Job:
                "seconds": round(len(self.audio) / SAMPLE_RATE, 3)}  # fmt: skip
         if self.error:
             out["error"] = self.error
+        if self.warning:
+            out["warning"] = self.warning
         return out
 
 
@@ -87,14 +90,20 @@ class JobQueue:
         self.engine.pipe.prepare_audio(audio)  # long enough for one frame
         return audio
 
-    def submit(self, image: np.ndarray, audio: np.ndarray, settings: GenerationSettings) -> Job:
+    def submit(
+        self,
+        image: np.ndarray,
+        audio: np.ndarray,
+        settings: GenerationSettings,
+        warning: str | None = None,
+    ) -> Job:
         if self._stopping:
             raise QueueFull("the server is shutting down")
         active = sum(j.status in ("queued", "running") for j in self.jobs.values())
         if active >= self.cfg.max_jobs:
             raise QueueFull(f"the server has {active} jobs waiting or running; try again later")
         jid = uuid.uuid4().hex
-        job = Job(jid, self.root / jid, image, audio, settings)
+        job = Job(jid, self.root / jid, image, audio, settings, warning=warning)
         job.folder.mkdir()
         self.jobs[jid] = job
         self._queue.put_nowait(job)

@@ -170,5 +170,8 @@ class _Stream:
         except ReadtalkError as e:
             await error(self.ws, str(e))
             return
-        await self.ws.send_json({"type": "ready", "size": self.engine.pipe.size, "fps": 25})
+        ready = {"type": "ready", "size": self.engine.pipe.size, "fps": 25}
+        if self.live.warning:
+            ready["warning"] = self.live.warning
+        await self.ws.send_json(ready)
         self._worker = asyncio.create_task(self._work())
