@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,7 +119,13 @@ def cmd_results(a: argparse.Namespace) -> None:
         device=a.device,
         ablations=ablations,
     )
-    run_results(a.model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
+    model = a.model
+    if model is None:
+        from readtalk.release import default_model_dir
+
+        model = str(default_model_dir())
+        print(f"using the shipped demo model ({model})", file=sys.stderr)
+    run_results(model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
     print((Path(a.out) / "results.md").read_text())
     print(f"wrote {Path(a.out) / 'results.json'}")
 
@@ -126,7 +133,7 @@ def cmd_results(a: argparse.Namespace) -> None:
 def _add_results(bench_sub) -> None:
     """``readtalk bench results``."""
     p = bench_sub.add_parser("results", help="READ's tables on a dataset's test split")
-    p.add_argument("--model", required=True, help="model folder (vae/speechae/dit.safetensors)")
+    p.add_argument("--model", default=None, help="model folder (default: the demo model)")
     p.add_argument(
         "--data", help="dataset with a test split (SynthTalk); all tables but ans need it"
     )

@@ -18,6 +18,7 @@ that waits for the compute thread catches up in one step instead of a queue of s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -29,7 +30,7 @@ from readtalk.media import SAMPLE_RATE
 from readtalk.serve.engine import Busy, Engine, LiveStream
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG = 1000, 1001, 1008, 1009
-CLOSE_BUSY, CLOSE_UNAUTHORIZED = 1013, 4401
+CLOSE_INTERNAL, CLOSE_BUSY, CLOSE_UNAUTHORIZED = 1011, 1013, 4401
 
 
 class _End(Exception):
@@ -80,8 +81,9 @@ class _Stream:
                     await self._worker  # flushes, sends the rest and "done", closes
                     return
         except _End as e:
-            await error(self.ws, str(e))
-            await self.ws.close(e.code)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # gone already
+                await error(self.ws, str(e))
+                await self.ws.close(e.code)
         finally:
             if self._worker is not None:
                 self._worker.cancel()
@@ -117,6 +119,13 @@ class _Stream:
         self._wake.set()
 
     async def _work(self) -> None:
+        """``_feed``, with a failure turned into an error event and a close (1011)."""
+        try:
+            await self._feed()
+        except (ReadtalkError, RuntimeError, ValueError) as e:
+            raise _End(CLOSE_INTERNAL, f"generation failed: {e}") from None
+
+    async def _feed(self) -> None:
         """Push what arrived (all of it at once), send the frames; at the end, flush."""
         while True:
             await self._wake.wait()
