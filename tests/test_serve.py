@@ -510,3 +510,43 @@ def test_bench_serve_reports_every_stream(server, pipe):
     assert rep.rss_start_mb > 0 and any("stream 1:" in line for line in rep.lines())
     rows = dit_batching(pipe, (1, 2), repeats=1)
     assert [r["rows"] for r in rows] == [3, 6] and rows[0]["speedup"] == 1.0
+
+
+def test_webrtc_avatar_lives_while_nobody_speaks(server):
+    """No speech at all (no audio track): the server feeds silence in real time, so generated
+    frames keep coming at 25 fps, and they change (a living face, not a frozen one)."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    async def go():
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        frames, readers = [], []
+
+        @pc.on("track")
+        def on_track(track):
+            async def read():
+                while True:
+                    f = await track.recv()
+                    if track.kind == "video":
+                        frames.append(f.to_ndarray(format="rgb24"))
+
+            readers.append(asyncio.ensure_future(read()))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer", "steps": 1}
+        async with httpx.AsyncClient() as client:
+            r = await client.post(server.url + "/v1/webrtc/offer", json=offer, headers=_auth())
+        await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+        webrtc = server.server.config.app.state.webrtc
+        async with asyncio.timeout(60):
+            while not webrtc.peers or next(iter(webrtc.peers)).shown < 40:
+                await asyncio.sleep(0.05)
+        await pc.close()
+        for task in readers:
+            task.cancel()
+        return frames
+
+    frames = run(go())
+    last = np.stack(frames[-20:]).astype(int)
+    assert len(frames) >= 40 and np.abs(np.diff(last, axis=0)).mean() > 0.5
