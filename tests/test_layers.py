@@ -20,7 +20,8 @@ LAYERS = {
     "inference": ("readtalk.settings", "readtalk.session", "readtalk.pipeline"),
     "eval": ("readtalk.eval",),
     "train": ("readtalk.train",),
-    "tools": ("readtalk.bench", "readtalk.export", "readtalk.demo", "readtalk.live"),
+    "tools": ("readtalk.bench", "readtalk.export", "readtalk.demo", "readtalk.live",
+              "readtalk.finetune"),
     "interfaces": ("readtalk.cli", "readtalk.serve"),
 }  # fmt: skip
 RANK = {prefix: i for i, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}

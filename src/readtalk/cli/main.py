@@ -15,11 +15,11 @@ import sys
 import warnings
 
 from readtalk import __version__
-from readtalk.cli import bench, data, eval, generate, serve, train
+from readtalk.cli import bench, data, eval, finetune, generate, serve, train
 from readtalk.errors import ReadtalkError, ReadtalkWarning
 
 # the command groups, in the order `readtalk --help` lists them
-GROUPS = (generate, data, train, eval, bench, serve)
+GROUPS = (generate, data, train, finetune, eval, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
