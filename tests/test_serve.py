@@ -434,10 +434,34 @@ def test_webrtc_offer_errors(server):
     assert httpx.get(server.url + "/health").json()["sessions"] == 0
 
 
+async def _rtc_call(server, pc, on_frame) -> list:
+    """Offer ``pc`` (tracks and transceivers already added) to the server, answer it, and
+    read every incoming track into ``on_frame(kind, frame)``; returns the reader tasks."""
+    from aiortc import RTCSessionDescription
+
+    readers = []
+
+    @pc.on("track")
+    def on_track(track):
+        async def read():
+            while True:
+                on_frame(track.kind, await track.recv())
+
+        readers.append(asyncio.ensure_future(read()))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer", "steps": 1}
+    async with httpx.AsyncClient() as client:
+        r = await client.post(server.url + "/v1/webrtc/offer", json=offer, headers=_auth())
+    assert r.status_code == 200, r.text
+    await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+    return readers
+
+
 def test_webrtc_peer_gets_the_avatar_and_its_speech(server):
     """An aiortc client (a browser stand-in; the page's own test drives Chromium): speech
     in, 25 fps avatar frames and the speech back, the slot freed when it hangs up."""
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection
     from aiortc.mediastreams import AudioStreamTrack
 
     speech = _speech(16000 * 3, seed=7)
@@ -456,26 +480,15 @@ def test_webrtc_peer_gets_the_avatar_and_its_speech(server):
         pc = RTCPeerConnection()
         pc.addTrack(Speech())
         pc.addTransceiver("video", direction="recvonly")
-        got, readers = {"video": [], "audio": 0}, []
+        got = {"video": [], "audio": 0}
 
-        @pc.on("track")
-        def on_track(track):
-            async def read():
-                while True:
-                    f = await track.recv()
-                    if track.kind == "video":
-                        got["video"].append((time.monotonic(), f.width, f.height))
-                    else:
-                        got["audio"] += 1
+        def on_frame(kind, f):
+            if kind == "video":
+                got["video"].append((time.monotonic(), f.width, f.height))
+            else:
+                got["audio"] += 1
 
-            readers.append(asyncio.ensure_future(read()))
-
-        await pc.setLocalDescription(await pc.createOffer())
-        offer = {"sdp": pc.localDescription.sdp, "type": "offer", "steps": 1}
-        async with httpx.AsyncClient() as client:
-            r = await client.post(server.url + "/v1/webrtc/offer", json=offer, headers=_auth())
-        assert r.status_code == 200, r.text
-        await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+        readers = await _rtc_call(server, pc, on_frame)
         async with asyncio.timeout(60):
             while len(got["video"]) < 60:
                 await asyncio.sleep(0.05)
@@ -515,29 +528,19 @@ def test_bench_serve_reports_every_stream(server, pipe):
 def test_webrtc_avatar_lives_while_nobody_speaks(server):
     """No speech at all (no audio track): the server feeds silence in real time, so generated
     frames keep coming at 25 fps, and they change (a living face, not a frozen one)."""
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection
 
     async def go():
         pc = RTCPeerConnection()
         pc.addTransceiver("audio", direction="recvonly")
         pc.addTransceiver("video", direction="recvonly")
-        frames, readers = [], []
+        frames = []
 
-        @pc.on("track")
-        def on_track(track):
-            async def read():
-                while True:
-                    f = await track.recv()
-                    if track.kind == "video":
-                        frames.append(f.to_ndarray(format="rgb24"))
+        def on_frame(kind, f):
+            if kind == "video":
+                frames.append(f.to_ndarray(format="rgb24"))
 
-            readers.append(asyncio.ensure_future(read()))
-
-        await pc.setLocalDescription(await pc.createOffer())
-        offer = {"sdp": pc.localDescription.sdp, "type": "offer", "steps": 1}
-        async with httpx.AsyncClient() as client:
-            r = await client.post(server.url + "/v1/webrtc/offer", json=offer, headers=_auth())
-        await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+        readers = await _rtc_call(server, pc, on_frame)
         webrtc = server.server.config.app.state.webrtc
         async with asyncio.timeout(60):
             while not webrtc.peers or next(iter(webrtc.peers)).shown < 40:

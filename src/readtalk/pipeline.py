@@ -109,7 +109,7 @@ class PortraitFit:
         return (
             f"this portrait is unlike the faces the model was trained on ({'; '.join(why)}): "
             "expect a blurred or wrong face. Fine-tune the model on videos of this person "
-            "(docs/prepare.md) or use a portrait like its training faces."
+            "(readtalk finetune, docs/finetune.md) or use a portrait like its training faces."
         )
 
 
