@@ -25,7 +25,7 @@ import numpy as np
 from readtalk.data.synthtalk import tts
 from readtalk.data.synthtalk.text import sentence
 from readtalk.errors import ReadtalkError
-from readtalk.media import FPS, SAMPLE_RATE, LiveVideoWriter, load_audio
+from readtalk.media import FPS, SAMPLE_RATE, LiveVideoWriter, PcmJoiner, load_audio
 from readtalk.pipeline import Pipeline
 from readtalk.session import Session
 from readtalk.settings import GenerationSettings
@@ -42,16 +42,14 @@ __all__ = [
 def pcm_pieces(stream: BinaryIO, chunk_samples: int) -> Iterator[np.ndarray]:
     """Raw PCM s16le 16 kHz mono from a byte stream (stdin) as float32 pieces of up to
     ``chunk_samples``, each as soon as it has arrived; an odd trailing byte is dropped."""
-    carry = b""
+    joiner = PcmJoiner()
     while True:
-        data = stream.read(2 * chunk_samples - len(carry))
+        data = stream.read(2 * chunk_samples)
         if not data:
             break
-        data = carry + data
-        even = len(data) - len(data) % 2
-        carry = data[even:]
-        if even:
-            yield np.frombuffer(data[:even], "<i2").astype(np.float32) / 32768.0
+        x = joiner.feed(data)
+        if len(x):
+            yield x
 
 
 def pieces(audio: np.ndarray, chunk_samples: int) -> Iterator[np.ndarray]:

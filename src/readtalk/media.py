@@ -61,6 +61,33 @@ def as_audio(audio: np.ndarray | torch.Tensor, what: str = "audio") -> np.ndarra
     return x
 
 
+# ---------------------------------------------------------------------------- PCM s16le
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """PCM s16le bytes (a whole number of samples) -> float32 samples in [-1, 1)."""
+    return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float samples -> int16 (clipped to [-1, 1]); ``.tobytes()`` gives PCM s16le."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2")
+
+
+class PcmJoiner:
+    """PCM s16le arriving in pieces of any byte length -> float32 samples: a byte that ends
+    a piece mid-sample waits for the next one."""
+
+    def __init__(self) -> None:
+        self._odd = b""
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self._odd + data
+        cut = len(data) - len(data) % 2
+        self._odd = data[cut:]
+        return pcm16_to_float(data[:cut])
+
+
 # ------------------------------------------------------------------------- frames <-> tensors
 
 

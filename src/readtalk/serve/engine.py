@@ -24,13 +24,13 @@ import numpy as np
 
 from readtalk.demo import demo_portrait
 from readtalk.errors import ReadtalkError
-from readtalk.media import SAMPLE_RATE, decode_image, encode_jpeg
+from readtalk.media import SAMPLE_RATE, PcmJoiner, decode_image, encode_jpeg
 from readtalk.pipeline import Pipeline
 from readtalk.serve.config import ServeConfig
 from readtalk.session import Session
 from readtalk.settings import GenerationSettings
 
-__all__ = ["Busy", "Engine", "LiveStream", "pcm_to_float"]
+__all__ = ["Busy", "Engine", "LiveStream"]
 
 T = TypeVar("T")
 MAX_STEPS = 50  # a client cannot ask for more Euler steps than this
@@ -38,11 +38,6 @@ MAX_STEPS = 50  # a client cannot ask for more Euler steps than this
 
 class Busy(Exception):
     """Every live-stream slot is taken (HTTP 503, WebSocket close 1013)."""
-
-
-def pcm_to_float(data: bytes) -> np.ndarray:
-    """PCM s16le bytes (an even count) -> float32 samples in [-1, 1)."""
-    return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
 
 
 class Engine:
@@ -140,7 +135,7 @@ class LiveStream:
         self.portrait = portrait  # the framed portrait, uint8 (size, size, 3)
         self.warning: str | None = None
         self.config = config
-        self._odd = b""  # a PCM byte left over from a message of odd length
+        self._pcm = PcmJoiner()
         self.frames = 0
 
     @property
@@ -150,10 +145,7 @@ class LiveStream:
     def pcm(self, data: bytes) -> np.ndarray:
         """PCM s16le bytes of any length -> float32 samples (a trailing odd byte waits for the
         next message); a ``ReadtalkError`` past ``max_stream_seconds``."""
-        data = self._odd + data
-        cut = len(data) - len(data) % 2
-        self._odd = data[cut:]
-        x = pcm_to_float(data[:cut])
+        x = self._pcm.feed(data)
         if self.seconds + len(x) / SAMPLE_RATE > self.config.max_stream_seconds:
             raise ReadtalkError(
                 f"the stream passed its limit of {self.config.max_stream_seconds:g} s of speech"

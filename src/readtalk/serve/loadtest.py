@@ -27,8 +27,8 @@ import torch
 import websockets
 
 from readtalk.errors import ReadtalkError
-from readtalk.live import frame_timing, rss_mb, speech_for
-from readtalk.media import FPS, SAMPLE_RATE, frames_for_samples
+from readtalk.live import chunk_samples, frame_timing, rss_mb, speech_for
+from readtalk.media import FPS, SAMPLE_RATE, float_to_pcm16, frames_for_samples
 from readtalk.pipeline import Pipeline
 
 __all__ = ["ServeReport", "bench_serve", "dit_batching"]
@@ -90,7 +90,7 @@ class ServeReport:
 
 async def _one_stream(url: str, token: str | None, audio: np.ndarray, chunk: int,
                       settings: dict) -> StreamResult:  # fmt: skip
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = float_to_pcm16(audio).tobytes()
     expected = frames_for_samples(len(audio))
     ready: list[float] = []
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -245,7 +245,7 @@ def bench_serve(
     pid = server.proc.pid if server else None
     try:
         rss0 = rss_mb(pid) if pid else float(httpx.get(url + "/health").json().get("rss_mb", 0))
-        chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000))
+        chunk = chunk_samples(chunk_ms)
         results = asyncio.run(_run_streams(url, token, streams, seconds, chunk, stagger_s,
                                            settings or {}, seed))  # fmt: skip
         rss1 = rss_mb(pid) if pid else float(httpx.get(url + "/health").json().get("rss_mb", 0))

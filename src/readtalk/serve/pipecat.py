@@ -54,7 +54,7 @@ except ImportError:
     ) from None
 
 from readtalk.demo import demo_portrait
-from readtalk.media import SAMPLE_RATE, SAMPLES_PER_FRAME
+from readtalk.media import SAMPLE_RATE, SAMPLES_PER_FRAME, pcm16_to_float
 from readtalk.pipeline import Pipeline
 
 __all__ = ["ReadtalkAvatar", "pcm16_to_mono"]
@@ -66,8 +66,7 @@ def pcm16_to_mono(audio: bytes, num_channels: int = 1) -> np.ndarray:
     """Interleaved s16le PCM -> float32 mono in [-1, 1) (channels averaged; a trailing partial
     sample frame is dropped)."""
     ch = max(int(num_channels), 1)
-    x = np.frombuffer(audio, "<i2", count=len(audio) // (2 * ch) * ch)
-    x = x.astype(np.float32) / 32768.0
+    x = pcm16_to_float(audio[: len(audio) // (2 * ch) * (2 * ch)])
     return x if ch == 1 else x.reshape(-1, ch).mean(axis=1, dtype=np.float32)
 
 

@@ -26,7 +26,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from readtalk.errors import ReadtalkError
-from readtalk.media import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from readtalk.media import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, float_to_pcm16
 from readtalk.serve.engine import Engine, LiveStream
 
 __all__ = ["WebRTC"]
@@ -161,7 +161,7 @@ class _SpeechTrack(MediaStreamTrack):
             raise MediaStreamError
         pts = await self.clock.tick()
         n = round(AUDIO_PTIME * SAMPLE_RATE)
-        pcm = (np.clip(self.peer.next_audio(n), -1, 1) * 32767).astype(np.int16)[None]
+        pcm = float_to_pcm16(self.peer.next_audio(n))[None]
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate, frame.pts = SAMPLE_RATE, pts
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
