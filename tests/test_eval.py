@@ -72,6 +72,8 @@ def test_eval_of_true_videos_is_near_perfect(synth_dataset, preds, tmp_path):
     assert rep["count"] == 2
     assert rep["mouth_corr"] > 0.95 and rep["av_offset"] == 0 and rep["mouth_mae"] < 0.01
     assert rep["psnr"] == pytest.approx(100.0) and rep["ssim"] == pytest.approx(1.0)
+    for key in ("sharpness", "sharpness_mouth", "sharpness_eyes"):  # the same frames: exactly 1
+        assert rep[key] == 1.0 and all(v[key] == 1.0 for v in rep["videos"].values())
     for key in ("sync_c", "sync_d", "fid", "fvd", "seam_ratio"):
         assert key in rep["skipped"] and key not in rep
     saved = json.loads((tmp_path / "good" / "metrics.json").read_text())
@@ -127,7 +129,39 @@ def test_eval_against_a_folder_of_videos(preds, tmp_path, capsys):
     write_video(ref / f"{recs[0]['id']}.mp4", v[:, ::-1])  # mirrored: pixels differ
     assert main(["eval", "--pred", str(good), "--ref", str(ref), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "psnr" in out and "mouth_corr  skipped" in out and "identity    skipped" in out
+    assert "psnr" in out and "mouth_corr      skipped" in out and "identity        skipped" in out
+    assert "sharpness       " in out and "sharpness_mouth skipped" in out
+    saved = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert saved["sharpness"] == pytest.approx(1.0, abs=0.05)  # mirrored: the same detail
+    assert "SynthTalk" in saved["skipped"]["sharpness_eyes"]
+
+
+def test_eval_sees_a_blurred_mouth(synth_dataset, preds, tmp_path, capsys):
+    """A prediction blurred inside the mouth box only: the mouth's sharpness falls, the eyes'
+    stays near 1, and PSNR barely notices."""
+    import cv2
+
+    from readtalk.data.manifest import load_manifest, load_track, resolve
+    from readtalk.eval.regions import synthtalk_regions
+
+    _, _, recs = preds
+    rec = next(r for r in load_manifest(synth_dataset) if r["id"] == recs[0]["id"])
+    frames = read_video(resolve(rec, "video"))
+    boxes = synthtalk_regions(load_track(rec))["mouth"][:, 0]
+    blurred = frames.copy()
+    for f, (x0, y0, x1, y1) in zip(blurred, boxes, strict=False):
+        f[y0:y1, x0:x1] = cv2.GaussianBlur(f, (0, 0), 2.5)[y0:y1, x0:x1]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_video(pred / f"{rec['id']}.mp4", blurred)
+    assert main(["eval", "--pred", str(pred), "--ref", str(synth_dataset), "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "sharpness_mouth" in printed
+    rep = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert rep["sharpness_mouth"] < 0.5 < 0.8 < rep["sharpness_eyes"]
+    assert rep["sharpness_mouth"] < rep["sharpness"] < 1 and rep["psnr"] > 30
+    assert "sharpness" in rep["windows"][rec["id"]][0]
 
 
 def test_eval_bad_inputs(synth_dataset, preds, tmp_path):

@@ -13,14 +13,16 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "readtalk"
 # bottom to top; a module may import its own layer and the ones below it
 LAYERS = {
     "foundations": ("readtalk", "readtalk.errors", "readtalk.config", "readtalk.media",
-                    "readtalk.release", "readtalk.device"),
+                    "readtalk.release", "readtalk.device", "readtalk.profiling"),
     "models": ("readtalk.layers", "readtalk.vae", "readtalk.speech", "readtalk.dit",
                "readtalk.diffusion"),
     "data": ("readtalk.data",),
-    "inference": ("readtalk.settings", "readtalk.session", "readtalk.pipeline"),
+    "inference": ("readtalk.settings", "readtalk.session", "readtalk.pipeline",
+                  "readtalk.onnx_runtime"),
     "eval": ("readtalk.eval",),
     "train": ("readtalk.train",),
-    "tools": ("readtalk.bench", "readtalk.export", "readtalk.demo", "readtalk.live",
+    "tools": ("readtalk.bench", "readtalk.bench_profile", "readtalk.bench_gpu",
+              "readtalk.bench_gpu_report", "readtalk.export", "readtalk.demo", "readtalk.live",
               "readtalk.finetune"),
     "interfaces": ("readtalk.cli", "readtalk.serve"),
 }  # fmt: skip

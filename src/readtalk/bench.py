@@ -207,7 +207,7 @@ def _setup(
         raise ReadtalkError(f"unknown DiT size {size!r}; choose one of {', '.join(DIT_SIZES)}")
     dcfg = DIT_SIZES[size]
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
+    dt = resolve_dtype(dtype, dev)
     if size == "paper" and dev.type != "cuda":
         raise ReadtalkError(
             "the paper-size DiT (~2B parameters, 8 GB in float32) is for --device cuda only; "

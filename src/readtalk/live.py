@@ -35,6 +35,8 @@ __all__ = [
     "run_live", "speech_for", "speech_source",
 ]  # fmt: skip
 
+WARM_FRAMES = 250  # 10 s of video: the memory a session settles at is measured after them
+
 
 # ---------------------------------------------------------------------------------- speech in
 
@@ -94,6 +96,9 @@ class StreamReport:
     rss_end_mb: float
     clip_frames: int
     steps: int
+    # after the first WARM_FRAMES frames (the models' and the allocator's working set is
+    # built by then; growth after it is what an hours-long session would keep adding)
+    rss_warm_mb: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +112,13 @@ class StreamReport:
             f"real-time factor {self.rtf:.3f}",
             f"  lateness p50 {self.lateness_p50_s:+.3f} s, p95 {self.lateness_p95_s:+.3f} s, "
             f"max {self.lateness_max_s:+.3f} s; underruns {self.underruns}",
-            f"  RSS {self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB",
+            f"  RSS {self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB"
+            + (
+                ""
+                if self.rss_warm_mb is None
+                else f" ({self.rss_warm_mb:.0f} MB after the first {WARM_FRAMES} frames: "
+                f"{self.rss_end_mb - self.rss_warm_mb:+.0f} MB since)"
+            ),
         ]
 
 
@@ -129,6 +140,7 @@ class _Clock:
         self.t0 = time.perf_counter()
         self.samples = 0
         self.ready: list[float] = []
+        self.rss_warm: float | None = None
 
     def before_push(self, n: int) -> None:
         """Paced: wait until the piece's last sample would have been spoken."""
@@ -140,7 +152,10 @@ class _Clock:
 
     def got(self, frames: list) -> None:
         now = time.perf_counter() - self.t0
+        before = len(self.ready)
         self.ready.extend([now] * len(frames))
+        if before < WARM_FRAMES <= len(self.ready):
+            self.rss_warm = rss_mb()
 
     def report(
         self, pipe_settings: GenerationSettings, chunk_ms: float, rss0: float
@@ -151,7 +166,7 @@ class _Clock:
             audio_s=audio_s, frames=len(self.ready), chunk_ms=chunk_ms, paced=self.paced,
             wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready),
             rss_start_mb=rss0, rss_end_mb=rss_mb(), clip_frames=pipe_settings.clip_frames,
-            steps=pipe_settings.steps,
+            steps=pipe_settings.steps, rss_warm_mb=self.rss_warm,
         )  # fmt: skip
 
 

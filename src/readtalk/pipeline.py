@@ -8,6 +8,7 @@ Usage::
 
     pipe = Pipeline.from_pretrained()                            # the shipped demo model
     pipe = Pipeline.from_pretrained("models/readtalk")          # vae/speechae/dit.safetensors
+    pipe = Pipeline.from_pretrained("models/onnx", runtime="onnx")  # readtalk export --format onnx
     pipe.generate_to_file("face.png", "speech.wav", "out.mp4")  # bounded memory
     res = pipe(image_array, audio_array, seed=1)                 # in memory: res.frames
     s = pipe.stream("face.png", seed=0)                          # live: s.push(piece), s.flush()
@@ -56,6 +57,7 @@ from readtalk.media import (
     to_tensor,
     write_video,
 )
+from readtalk.onnx_runtime import RUNTIMES, use_onnx
 from readtalk.release import default_model_dir, read_model_folder
 from readtalk.session import GenerationModels, Session
 from readtalk.settings import DEFAULT_SIZE, GenerationSettings
@@ -135,6 +137,8 @@ class GenerationResult:
     frames: np.ndarray | None = None
     path: Path | None = None
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    # wall seconds and calls per stage (speech, dit, decode, frames, encode, mp4)
+    times: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -173,7 +177,7 @@ class Pipeline:
         dtype: str | torch.dtype | None = "float32",
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype not in (torch.float32, torch.bfloat16):
             raise ReadtalkError(
                 f"{self.dtype} is not supported on the CPU; use float32 or bfloat16"
@@ -249,15 +253,24 @@ class Pipeline:
         whisper: str | os.PathLike | None = None,
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype | None = "float32",
+        runtime: str = "torch",
     ) -> Pipeline:
         """Load a model folder: ``vae.safetensors``, ``speechae.safetensors``,
         ``dit.safetensors`` and optionally ``pipeline.json`` (defaults). No path: the demo
-        model shipped inside the package."""
-        files, defaults = read_model_folder(default_model_dir() if path is None else path)
-        return cls.from_files(
+        model shipped inside the package. ``runtime="onnx"``: a folder written by ``readtalk
+        export --format onnx``, its DiT and frame decoder run in onnxruntime (CPU, float32;
+        ``readtalk.onnx_runtime``)."""
+        if runtime not in RUNTIMES:
+            raise ReadtalkError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        root = default_model_dir() if path is None else path
+        files, defaults = read_model_folder(root)
+        pipe = cls.from_files(
             vae=files["vae"], speech=files["speechae"], dit=files["dit"], whisper=whisper,
             defaults=defaults, device=device, dtype=dtype,
         )  # fmt: skip
+        if runtime == "onnx":
+            use_onnx(pipe.models, root)
+        return pipe
 
     # ---- latent space
 
@@ -428,6 +441,7 @@ class Pipeline:
         return GenerationResult(
             num_frames=len(frames), fps=FPS, size=self.size, audio=x, clips=session.clips,
             seconds=time.perf_counter() - t0, frames=frames, settings=st,
+            times=session.times.as_dict(),
         )  # fmt: skip
 
     def generate_to_file(
@@ -449,15 +463,21 @@ class Pipeline:
         x = self.prepare_audio(audio)
         image = self.prepare_image(image)  # fail on a bad image before any work
         session, bar = self._offline_session(image, len(x), st, progress, on_progress)
+        times = session.times
         with VideoWriter(out, self.size, self.size, fps=FPS) as vw:
-            vw.add_audio(x)
+            with times.stage("mp4"):
+                vw.add_audio(x)
             for frame in _feed(session, bar, x):
-                vw.write(frame)
+                with times.stage("mp4"):
+                    vw.write(frame)
             n = vw.frames_written
+            t_close = time.perf_counter()
+        times.add("mp4", time.perf_counter() - t_close, 0)  # flushing x264 and the muxer
         assert n == frames_for_samples(len(x))
         return GenerationResult(
             num_frames=n, fps=FPS, size=self.size, audio=x, clips=session.clips,
             seconds=time.perf_counter() - t0, path=Path(out), settings=st,
+            times=times.as_dict(),
         )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ from readtalk.diffusion.ans import ClipWindow, next_clip, overlap_frames, sample
 from readtalk.diffusion.flow import timestep_schedule
 from readtalk.errors import ReadtalkError
 from readtalk.media import SAMPLES_PER_FRAME, as_audio, frames_for_samples, to_tensor, to_uint8
+from readtalk.profiling import StageTimes
 from readtalk.settings import GenerationSettings
 from readtalk.speech.speechae import window_codes
 
@@ -108,6 +109,8 @@ class Session:
         self._schedule = timestep_schedule(settings.steps, settings.shift)
         self._guidance = settings.guidance_config()
         self._lock = threading.Lock()
+        # wall time per stage (speech, dit, decode, frames, encode) for benchmarks and servers
+        self.times = StageTimes()
         dev = models.device
         with torch.no_grad():
             self._ref = models.encode(to_tensor(portrait[None])[None])  # (1, C, 1, h, w)
@@ -211,14 +214,17 @@ class Session:
         start = window.frame_start * SAMPLES_PER_FRAME - self._offset
         assert start >= 0, "audio of a clip window was dropped too early"
         audio = self._buffer[start : start + window.frames * SAMPLES_PER_FRAME]
-        return window_codes(self.models.speechae, self.models.front_end, audio, 0, window.frames)
+        with self.times.stage("speech"):
+            md = self.models
+            return window_codes(md.speechae, md.front_end, audio, 0, window.frames)
 
     def _motion(self, window: ClipWindow) -> Tensor | None:
         m = window.motion_latents
         if m == 0 or self._prev is None:
             return None
         if self.settings.motion_from == "frames":
-            return self.models.encode(self._tail)
+            with self.times.stage("encode"):
+                return self.models.encode(self._tail)
         return self._prev[:, :, self._prev.shape[2] - m :]
 
     def _clip(self, window: ClipWindow) -> Iterator[np.ndarray]:
@@ -226,11 +232,13 @@ class Session:
         md = self.models
         cond = {"ref": self._ref, "audio": self._codes(window).to(md.device)}
         step = None if self._on_step is None else (lambda i, _z: self._on_step(window))
-        z = sample_clip(
-            md.velocity, window, cond, self._schedule, self._shape, self._motion(window),
-            generator=self._gen, motion_mode="async" if self.settings.ans else "plain",
-            guidance=self._guidance, device=md.device, dtype=torch.float32, callback=step,
-        )  # fmt: skip
+        motion = self._motion(window)
+        with self.times.stage("dit"):
+            z = sample_clip(
+                md.velocity, window, cond, self._schedule, self._shape, motion,
+                generator=self._gen, motion_mode="async" if self.settings.ans else "plain",
+                guidance=self._guidance, device=md.device, dtype=torch.float32, callback=step,
+            )  # fmt: skip
         self._prev = z
         yield from self._decode(window, md.denormalize(z.float()).to(md.dtype))
 
@@ -248,7 +256,12 @@ class Session:
         state = self._decode_state if self._carry else None
         ov = self._ov
         vae, blend = self.models.vae, self.settings.group_blend
-        for run in vae.iter_decode(latent, prefix=prefix, state=state, blend=blend):
+        runs = vae.iter_decode(latent, prefix=prefix, state=state, blend=blend)
+        while True:
+            with self.times.stage("decode"):
+                run = next(runs, None)
+            if run is None:
+                return
             a, b = done, done + run.shape[2]
             done = b
             if ov:  # the last ``ov`` decoded frames, across runs
@@ -256,7 +269,9 @@ class Session:
                 self._tail = tail[:, :, -ov:]
             lo, hi = max(a, window.keep_start), min(b, window.keep_stop)
             if lo < hi:
-                yield to_uint8(run[0, :, lo - a : hi - a])
+                with self.times.stage("frames"):
+                    out = to_uint8(run[0, :, lo - a : hi - a])
+                yield out
 
     def _release(self) -> None:
         """Drop everything a finished session holds (tensors, decoder state, audio)."""

@@ -58,11 +58,21 @@ def configure_speed_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="time a factorised VAE (the preset's frame path + packer) instead of the video VAE",
     )
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--cfg", choices=("split", "joint", "none"), default="split")
-    p.add_argument("--clip-frames", type=int, default=121, help="frames per clip, 8k+1")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (8; --profile: model's)")
+    p.add_argument("--cfg", choices=("split", "joint", "none"), default=None, help="(split)")
+    p.add_argument(
+        "--clip-frames",
+        type=int,
+        default=None,
+        help="frames per clip, 8k+1 (121; --profile: model's)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default="float32",
+        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
+    )
     p.add_argument(
         "--front-end",
         choices=("auto", "whisper", "logmel"),
@@ -75,7 +85,29 @@ def configure_speed_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flops-only", action="store_true", help="print the DiT's FLOPs without running it"
     )
-    p.add_argument("--quiet", action="store_true", help="(no progress bars are shown anyway)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "--profile", "a real generation with a trained model, accounted stage by stage"
+    )
+    g.add_argument(
+        "--profile",
+        action="store_true",
+        help="generate with --model (default: the demo model) and print seconds, FLOPs and "
+        "the fraction of this machine's measured fp32 / bf16 matmul peak per stage",
+    )
+    g.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    g.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: --model is a folder of `readtalk export --format onnx`; its torch model is "
+        "profiled in the same run for comparison",
+    )
+    g.add_argument("--seconds", type=float, default=60.0, help="espeak-ng speech to generate")
+    g.add_argument("--audio", help="speech file instead of espeak-ng speech")
+    g.add_argument("--image", help="portrait (default: a new SynthTalk identity)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", help="also write the figures to this JSON file")
 
 
 def cmd_bench_speed(a: argparse.Namespace) -> None:
@@ -83,14 +115,38 @@ def cmd_bench_speed(a: argparse.Namespace) -> None:
     from readtalk.bench import flops_report, run_speed
 
     set_threads(a.threads)
+    if a.profile:
+        return cmd_bench_profile(a)
+    steps, cfg, frames = a.steps or 8, a.cfg or "split", a.clip_frames or 121
     if a.flops_only:
-        print(flops_report(a.size, a.res, a.clip_frames, a.steps, a.cfg))
+        print(flops_report(a.size, a.res, frames, steps, cfg))
         return
     run_speed(
-        a.size, a.res, vae_preset=a.vae_preset, steps=a.steps, cfg=a.cfg,
-        clip_frames=a.clip_frames, device=a.device, dtype=a.dtype, front_end=a.front_end,
+        a.size, a.res, vae_preset=a.vae_preset, steps=steps, cfg=cfg,
+        clip_frames=frames, device=a.device, dtype=a.dtype, front_end=a.front_end,
         whisper=a.whisper, repeats=a.repeats, factorised=a.factorised,
     )  # fmt: skip
+
+
+def cmd_bench_profile(a: argparse.Namespace) -> None:
+    """``readtalk bench speed --profile``."""
+    from readtalk.bench_profile import profile_runs
+
+    overrides = {
+        k: v
+        for k, v in (("steps", a.steps), ("guidance", a.cfg), ("clip_frames", a.clip_frames))
+        if v is not None
+    }
+    if a.model is None and a.runtime == "torch":
+        print("no --model given: profiling the demo model shipped in the package")
+    report = profile_runs(
+        a.model, runtime=a.runtime, seconds=a.seconds, audio=a.audio, image=a.image,
+        seed=a.seed, device=a.device, dtype=a.dtype, overrides=overrides, progress=not a.quiet,
+    )  # fmt: skip
+    print(report["text"])
+    if a.json:
+        Path(a.json).write_text(json.dumps(report["runs"], indent=2) + "\n")
+        print(f"wrote {a.json}")
 
 
 def cmd_results(a: argparse.Namespace) -> None:
@@ -246,3 +302,6 @@ def register(sub) -> None:
     add_settings_args(p)
     p.set_defaults(func=cmd_bench_stream)
     _add_serve(bench)
+    from readtalk.cli.bench_gpu import add_gpu  # argparse only: `readtalk --help` stays instant
+
+    add_gpu(bench)

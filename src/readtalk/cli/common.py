@@ -82,8 +82,20 @@ def add_model_args(p: argparse.ArgumentParser, parts: bool = True) -> None:
         p.add_argument("--dit", default=None, help="dit.safetensors (instead of --model)")
     p.add_argument("--whisper", default=None, help="Whisper-tiny weights (default: packaged)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default="float32",
+        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: run the DiT and the frame decoder in onnxruntime (CPU, float32); --model "
+        "must be a folder written by `readtalk export --format onnx`",
+    )
 
 
 def load_pipeline(a: argparse.Namespace):
@@ -96,6 +108,12 @@ def load_pipeline(a: argparse.Namespace):
     explicit = [getattr(a, k, None) for k in ("vae", "speech", "dit")]
     if a.model and any(explicit):
         raise ReadtalkError("give either --model or --vae/--speech/--dit, not both")
+    runtime = getattr(a, "runtime", "torch")
+    if runtime == "onnx" and not a.model:
+        raise ReadtalkError(
+            "--runtime onnx needs --model DIR, a folder written by "
+            "`readtalk export --format onnx --out DIR` (default: of the demo model)"
+        )
     if any(explicit):
         if not all(explicit):
             raise ReadtalkError("give all three of --vae, --speech and --dit (or --model DIR)")
@@ -105,7 +123,9 @@ def load_pipeline(a: argparse.Namespace):
         )  # fmt: skip
     if not a.model:
         print(f"using the shipped demo model ({default_model_dir()})", file=sys.stderr)
-    return Pipeline.from_pretrained(a.model, whisper=a.whisper, device=a.device, dtype=a.dtype)
+    return Pipeline.from_pretrained(
+        a.model, whisper=a.whisper, device=a.device, dtype=a.dtype, runtime=runtime
+    )
 
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:

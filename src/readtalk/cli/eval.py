@@ -30,15 +30,17 @@ def cmd_eval(a: argparse.Namespace) -> None:
     print(f"{report['count']} videos scored -> {Path(a.out) / 'metrics.json'}")
     for key in METRICS:
         if key in report:
-            print(f"  {key:11s} {report[key]:.4f}")
+            print(f"  {key:15s} {report[key]:.4f}")
+        if key == "sharpness_eyes" and any(k.startswith("sharpness") for k in report):
+            print(f"  {'':15s} (sharpness: Laplacian variance over the truth's; < 1 blurred)")
         if key == "mouth_corr" and report.get("mouth_still"):
             print(
-                f"  {'':11s} over {report['count'] - report['mouth_still']} videos: the mouth "
+                f"  {'':15s} over {report['count'] - report['mouth_still']} videos: the mouth "
                 f"never moves in {report['mouth_still']} (all videos, those as 0: "
                 f"{report['mouth_corr_all']:.4f})"
             )
     for key, why in report["skipped"].items():
-        print(f"  {key:11s} skipped: {why}")
+        print(f"  {key:15s} skipped: {why}")
 
 
 def _add_eval(sub) -> None:
@@ -181,7 +183,14 @@ def cmd_eval_vae(a: argparse.Namespace) -> None:
     res = vae_report(a.weights, a.data, real, a.frames, a.clips, progress=not a.quiet)
     for name, r in res.items():
         where = f"{a.data} test split, {r['clips']} clips" if name == "test" else r["video"]
-        print(f"VAE on {where} ({a.frames} frames): PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}")
+        regions = ", ".join(
+            f"{k} {r[f'sharpness_{k}']:.3f}" for k in ("mouth", "eyes") if f"sharpness_{k}" in r
+        )
+        print(
+            f"VAE on {where} ({a.frames} frames): PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
+            f"sharpness {r['sharpness']:.3f}" + (f" ({regions})" if regions else "")
+        )
+    print("  sharpness: Laplacian variance of the reconstruction over the input's; < 1 blurred")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
@@ -190,7 +199,9 @@ def register(sub) -> None:
     """The evaluation commands on the top-level subparsers."""
     _add_eval(sub)
     _add_sync(sub)
-    p = sub.add_parser("eval-vae", help="VAE reconstruction PSNR/SSIM on test data and real video")
+    p = sub.add_parser(
+        "eval-vae", help="VAE reconstruction PSNR/SSIM/sharpness on test data and real video"
+    )
     p.add_argument("--weights", required=True, help="vae.safetensors")
     p.add_argument("--data", default=None, help="dataset folder (its test split is used)")
     p.add_argument(

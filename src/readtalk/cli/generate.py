@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from readtalk.cli.common import add_model_args, add_settings_args, load_pipeline, settings_overrides
+from readtalk.cli.common import (
+    add_model_args,
+    add_settings_args,
+    load_pipeline,
+    set_threads,
+    settings_overrides,
+)
 from readtalk.errors import ReadtalkError
 
 
@@ -74,6 +80,17 @@ def _value(text: str):
 
 
 def cmd_export(a: argparse.Namespace) -> None:
+    """``readtalk export``: a model folder from release files, or (``--format onnx``) a model
+    folder's ONNX export."""
+    parts = {"--vae": a.vae, "--speech": a.speech, "--dit": a.dit}
+    if a.format == "onnx":
+        _export_onnx(a, [k for k, v in parts.items() if v])
+        return
+    if a.model:
+        raise ReadtalkError("--model is for --format onnx; give --vae, --speech and --dit")
+    missing = [k for k, v in parts.items() if not v]
+    if missing:
+        raise ReadtalkError(f"readtalk export needs {', '.join(missing)} (or --format onnx)")
     from readtalk.export import export_model
 
     defaults = {}
@@ -97,13 +114,54 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(f"wrote {a.out} ({res['total_bytes'] / 1e6:.2f} MB, weights stored as {a.dtype})")
 
 
+def _export_onnx(a: argparse.Namespace, parts: list[str]) -> None:
+    """``readtalk export --format onnx``."""
+    from readtalk.onnx_runtime import export_onnx
+    from readtalk.release import default_model_dir
+
+    given = {"--set": a.set, "--copy-defaults": a.copy_defaults, "--portraits": a.portraits}
+    unused = parts + [k for k, v in given.items() if v]
+    if unused:
+        raise ReadtalkError(
+            f"--format onnx exports a model folder (--model DIR); {', '.join(unused)}: "
+            "options of the safetensors export"
+        )
+    set_threads(a.threads)
+    model = a.model or default_model_dir()
+    m = export_onnx(model, a.out, opset=a.opset)
+    for name, g in m["graphs"].items():
+        size = (Path(a.out) / g["file"]).stat().st_size
+        print(
+            f"  {g['file']:22s} {size / 1e6:7.2f} MB  max |onnx - torch| "
+            f"{g['max_abs_diff']:.1e} ({name})"
+        )
+    print(
+        f"wrote {a.out} (ONNX opset {m['opset']} of {model}): run it with "
+        f"`readtalk generate --runtime onnx --model {a.out} ...`"
+    )
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser(
-        "export", help="gather trained vae/speechae/dit weights into one model folder"
+        "export",
+        help="gather trained vae/speechae/dit weights into one model folder, or export a "
+        "model folder to ONNX (--format onnx)",
     )
-    p.add_argument("--vae", required=True, help="vae.safetensors")
-    p.add_argument("--speech", required=True, help="speechae.safetensors or its run folder")
-    p.add_argument("--dit", required=True, help="dit.safetensors or its run folder")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors: a model folder from --vae/--speech/--dit (default); onnx: the "
+        "DiT and frame decoder of --model as ONNX, in a model folder for --runtime onnx",
+    )
+    p.add_argument("--vae", default=None, help="vae.safetensors")
+    p.add_argument("--speech", default=None, help="speechae.safetensors or its run folder")
+    p.add_argument("--dit", default=None, help="dit.safetensors or its run folder")
+    p.add_argument(
+        "--model", default=None, help="--format onnx: model folder to export (default: demo)"
+    )
+    p.add_argument("--opset", type=int, default=18, help="--format onnx: ONNX opset")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument(
         "--dtype",

@@ -11,6 +11,7 @@ waiting for torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -46,6 +47,11 @@ _show_warning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torch's OpenMP threads sleep when idle instead of spinning (read when torch loads, so
+    # before any command imports it): with spinning threads, anything else on the cores (the
+    # mp4 encoder, a server's event loop, another process) stalls torch's 2-thread work up
+    # to tenfold; alone it is as fast or faster (docs/speed.md). An explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.showwarning = _warning_line
     try:
         args.func(args)

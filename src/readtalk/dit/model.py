@@ -49,7 +49,8 @@ Choices where the paper is silent (all documented here, tested in ``tests/test_d
   fresh model outputs exactly 0.
 
 Efficiency: RoPE tables and the window index / mask are cached per ``(f, h, w, device)``
-(bypassed while ``torch.compile`` traces, where they are just cheap traced ops); there is no
+(bypassed while ``torch.compile`` or an ONNX export traces, where they are cheap graph ops
+and the sizes stay dynamic); there is no
 data-dependent Python control flow in ``forward``. ``model.gradient_checkpointing = True``
 recomputes each block in the backward pass. The code is device- and dtype-agnostic: it runs
 in float32, under bf16 autocast, or with bf16 weights (RoPE and the QK-norm statistics are
@@ -207,8 +208,10 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-def _norm(x: Tensor) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+def _norm(x: Tensor, d: int) -> Tensor:
+    """LayerNorm without affine over the last axis of width ``d`` (an int, not ``x.shape[-1]``,
+    so that a traced graph keeps it constant: the TorchScript ONNX exporter needs that)."""
+    return F.layer_norm(x, (d,), eps=1e-6)
 
 
 class _Tables(NamedTuple):
@@ -272,7 +275,7 @@ class DiTBlock(nn.Module):
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
-        d = cfg.width
+        d = self.width = cfg.width
         self.attn = SelfAttention(cfg)
         self.cross = FrameCrossAttention(cfg)
         hidden = int(d * cfg.mlp_ratio)
@@ -299,15 +302,15 @@ class DiTBlock(nn.Module):
         )
         sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = mod.unsqueeze(2).unbind(3)  # (B, 1+f, 1, D)
 
-        h = _modulate(_norm(x), sh1, sc1)
+        h = _modulate(_norm(x, self.width), sh1, sc1)
         x = x + g1 * self.attn(h.reshape(b, f1 * s, d), cos, sin).view(b, f1, s, d)
 
         vid = x[:, 1:]
-        h = _modulate(_norm(vid), sh2[:, 1:], sc2[:, 1:])
+        h = _modulate(_norm(vid, self.width), sh2[:, 1:], sc2[:, 1:])
         out = self.cross(h.reshape(b * (f1 - 1), s, d), ctx, mask).view(b, f1 - 1, s, d)
         x = torch.cat((x[:, :1], vid + g2[:, 1:] * out), dim=1)
 
-        h = _modulate(_norm(x), sh3, sc3)
+        h = _modulate(_norm(x, self.width), sh3, sc3)
         return x + g3 * self.mlp(h)
 
 
@@ -388,8 +391,10 @@ class A2VDiT(nn.Module):
         return _Tables(cos, sin, idx, valid.repeat_interleave(cfg.audio_tokens, dim=1))
 
     def tables(self, f: int, h: int, w: int, device: torch.device) -> _Tables:
-        """RoPE tables and audio-window index / mask for f frames of h x w, cached."""
-        if torch.compiler.is_compiling():
+        """RoPE tables and audio-window index / mask for f frames of h x w, cached (not
+        while traced: ``torch.compile`` or an ONNX export, where they are graph ops and the
+        sizes stay dynamic)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self._make_tables(f, h, w, device)
         key = (f, h, w, torch.device(device))
         hit = self._tables_cache.get(key)
@@ -482,5 +487,5 @@ class A2VDiT(nn.Module):
 
         # output: video frames only
         shift, scale = self.final_mod(cond[:, 1:]).unsqueeze(2).chunk(2, dim=-1)
-        out = self.final(_modulate(_norm(tok[:, 1:]), shift, scale))  # (B, f, S, C)
+        out = self.final(_modulate(_norm(tok[:, 1:], d), shift, scale))  # (B, f, S, C)
         return out.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3).to(x.dtype)

@@ -7,7 +7,8 @@ beyond.
 ``manifest.jsonl`` whose ids match (SynthTalk or prepared footage), or a folder of reference
 videos ``<id>.mp4``. ``metrics.json`` has the aggregate of every metric that applies under its own
 key (``sync_c``, ``sync_d``, ``mouth_corr``, ``mouth_mae``, ``av_offset``, ``fid``, ``fvd``,
-``psnr``, ``ssim``, ``identity``, ``seam_ratio``), ``videos`` (per-video values), ``windows``
+``psnr``, ``ssim``, ``sharpness``, ``sharpness_mouth``, ``sharpness_eyes``, ``identity``,
+``seam_ratio``), ``videos`` (per-video values), ``windows``
 (every metric per ``window``-frame window along each video: stability over time) and
 ``skipped`` (metric -> reason: missing weights, no ground truth, ...). Plots go beside it.
 
@@ -20,6 +21,11 @@ true track, each still mouth counted as 0 (no lip sync). The two means differ on
 ``mouth_still`` > 0. Seam boundaries are where the pipeline starts a new clip
 (``plan_clips`` with the given clip length and motion latents), so ``seam_ratio`` is only
 defined for videos longer than one clip.
+
+``sharpness`` is the Laplacian-variance ratio of the generated frames over the true ones
+(``pixel.sharpness_ratio``: 1 as detailed as the truth, < 1 blurred), over the whole frame and,
+for SynthTalk references, inside the mouth and eye boxes that the clip's track gives
+(``regions.synthtalk_regions``; the truth's boxes are used for both videos).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from readtalk.diffusion.ans import plan_clips
 from readtalk.errors import ReadtalkError
 from readtalk.eval import lipsync
 from readtalk.eval.frechet import check_weights, fid, fvd
-from readtalk.eval.pixel import psnr, ssim
+from readtalk.eval.pixel import laplacian_variance, psnr, ssim, variance_ratio
+from readtalk.eval.regions import REGIONS, has_geometry, synthtalk_regions
 from readtalk.eval.syncnet import load_syncnet, sync_scores
 from readtalk.media import contact_sheet, load_audio, read_image, read_video, write_image
 
@@ -53,6 +60,9 @@ METRICS = (
     "fvd",
     "psnr",
     "ssim",
+    "sharpness",
+    "sharpness_mouth",
+    "sharpness_eyes",
     "identity",
     "seam_ratio",
 )
@@ -90,6 +100,7 @@ class Reference:
     audio: Path | None  # used when the generated file has no audio
     gap: np.ndarray | None  # SynthTalk's true lip gap per frame
     synthtalk: bool
+    geometry: dict | None = None  # SynthTalk's face, size and pose per frame (mouth/eye boxes)
 
 
 def load_references(ref: str | Path) -> dict[str, Reference]:
@@ -101,13 +112,15 @@ def load_references(ref: str | Path) -> dict[str, Reference]:
         synth = (root / "synthtalk.json").is_file()
         out = {}
         for rec in load_manifest(root):
-            gap = None
+            gap = geometry = None
             if rec.get("track"):
                 try:
                     track = json.loads(resolve(rec, "track").read_text())
                     gap = np.asarray(track["measures"]["gap"], np.float64)
                 except (OSError, KeyError, ValueError):
-                    gap = None
+                    track, gap = {}, None
+                if has_geometry(track):
+                    geometry = {k: track[k] for k in ("face", "pose", "size")}
             out[rec["id"]] = Reference(
                 rec["id"],
                 resolve(rec, "video") if rec.get("video") else None,
@@ -115,6 +128,7 @@ def load_references(ref: str | Path) -> dict[str, Reference]:
                 resolve(rec, "audio") if rec.get("audio") else None,
                 gap,
                 synth,
+                geometry,
             )
         return out
     vids = sorted(root.glob("*.mp4"))
@@ -192,6 +206,9 @@ def score_video(
         out["ssim"] = float(
             np.mean([ssim(_unit(pred[i : i + 16]), _unit(gt[i : i + 16])) for i in range(0, n, 16)])
         )
+        detail = laplacian_variance(pred[:n]), laplacian_variance(gt[:n])
+        out["sharpness"] = variance_ratio(*detail)
+        out.update(region_sharpness(pred[:n], gt[:n], ref))
 
     ident = None
     if ref is not None and ref.synthtalk:
@@ -220,10 +237,28 @@ def score_video(
         if same and w0 < len(gt):
             g1 = min(w1, len(gt))
             row["psnr"] = psnr(_unit(pred[w0:g1]), _unit(gt[w0:g1]))
+            row["sharpness"] = variance_ratio(detail[0][w0:g1], detail[1][w0:g1])
         if ident is not None:
             row["identity"] = float(ident[w0:w1].mean())
         windows.append(row)
     return out, windows, extras
+
+
+def region_sharpness(pred: np.ndarray, gt: np.ndarray, ref: Reference | None) -> dict:
+    """``sharpness_mouth`` and ``sharpness_eyes`` of same-size frames, inside the boxes that the
+    reference's SynthTalk geometry gives for each true frame (none without it; frames past the
+    track's end are left out)."""
+
+    if ref is None or ref.geometry is None:
+        return {}
+    boxes = synthtalk_regions(ref.geometry, size=gt.shape[1], frames=len(gt))
+    n = len(boxes["mouth"])
+    return {
+        f"sharpness_{name}": variance_ratio(
+            laplacian_variance(pred[:n], boxes[name]), laplacian_variance(gt[:n], boxes[name])
+        )
+        for name in REGIONS
+    }
 
 
 def sheet_frames(gap: np.ndarray, k: int = 4, spacing: int = 5) -> np.ndarray:
@@ -265,8 +300,14 @@ def _skip_reasons(cfg: EvalConfig, refs_synth: bool, any_gt: bool) -> dict[str, 
             "no identity network for real faces here: the reference is not SynthTalk "
             "(a face-embedding network needs weights from a user path)"
         )
+        for name in REGIONS:
+            skipped[f"sharpness_{name}"] = (
+                "no SynthTalk face geometry in --ref (its track/*.json give the mouth and eye "
+                "boxes); the whole-frame sharpness still applies"
+            )
     if not any_gt:
-        skipped["psnr"] = skipped["ssim"] = "no ground-truth frames of the same size"
+        for k in ("psnr", "ssim", "sharpness", *(f"sharpness_{r}" for r in REGIONS)):
+            skipped[k] = "no ground-truth frames of the same size"
     return skipped
 
 
@@ -348,6 +389,10 @@ def _aggregate(videos: dict, skipped: dict, cfg: EvalConfig) -> dict:
                 skipped[key] = f"no video is longer than one clip ({cfg.clip_frames} frames)"
             elif key in ("sync_c", "sync_d"):
                 skipped[key] = "no video could be scored"
+            elif key.startswith("sharpness"):
+                skipped[key] = "no video has ground-truth frames of the same size" + (
+                    " and SynthTalk face geometry" if key != "sharpness" else ""
+                )
             continue
         result[key] = float(np.median(vals)) if key == "av_offset" else float(np.mean(vals))
     if "mouth_corr" not in skipped:
@@ -480,7 +525,7 @@ def plot(report: dict, extras: dict, out_dir: Path) -> list[Path]:
         if all(len(extras[k]["sheet"][0]) == cols for k in sheets):
             written.append(write_image(out_dir / "lipsync_sheet.png", contact_sheet(tiles, cols)))
     # 3. metrics per window, averaged over videos at each window index
-    keys = ["mouth_corr", "psnr", "identity", "change"]
+    keys = ["mouth_corr", "psnr", "sharpness", "identity", "change"]
     rows = report["windows"]
     n = max(len(w) for w in rows.values())
     present = [k for k in keys if any(k in r for w in rows.values() for r in w)]

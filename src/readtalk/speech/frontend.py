@@ -325,9 +325,12 @@ class WhisperFrontEnd(_FrontEndBase):
             mels = torch.stack(
                 [mel[b, :, 2 * starts[k] : 2 * (starts[k] + window)] for b, k in group]
             )  # (G, 80, 2 * n_ctx)
-            encoded = self.encoder(mels)  # (G, n_ctx, D)
+            # one window: only its first t50 positions are kept (a short clip); exact up to rounding
+            rows = t50 if len(starts) == 1 and t50 < window else None
+            encoded = self.encoder(mels, rows)  # (G, n_ctx or t50, D)
+            n = encoded.shape[1]
             for (b, k), feats in zip(group, encoded, strict=True):
-                out[b, starts[k] : starts[k] + window] += weights[k, :, None] * feats
+                out[b, starts[k] : starts[k] + n] += weights[k, :n, None] * feats
         # a copy: a slice would keep the whole 30-s window's storage alive (30x the memory, and
         # torch.save writes all of it) for every short clip
         return out[:, :t50].clone() if t50 < span else out  # (B, T50, D)

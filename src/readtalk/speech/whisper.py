@@ -83,14 +83,18 @@ class _Attention(nn.Module):
         self.value = nn.Linear(d, d)
         self.out = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """Self-attention over (B, T, D); ``rows``: only the first ``rows`` positions ask
+        (queries and output), every position still answers (keys and values)."""
         b, t, d = x.shape  # (B, T, D)
-        q, k, v = (
-            proj(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, H, T, D/H)
-            for proj in (self.query, self.key, self.value)
+        r = t if rows is None else rows
+        heads = (
+            proj(y).view(b, -1, self.heads, d // self.heads).transpose(1, 2)
+            for proj, y in ((self.query, x[:, :r]), (self.key, x), (self.value, x))
         )
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, D/H), scale 1/sqrt(D/H)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+        q, k, v = heads  # (B, H, r, D/H), (B, H, T, D/H) x 2
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, r, D/H), scale 1/sqrt(D/H)
+        return self.out(y.transpose(1, 2).reshape(b, r, d))  # (B, r, D)
 
 
 class _Block(nn.Module):
@@ -103,9 +107,10 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
         self.mlp_ln = nn.LayerNorm(d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_ln(x))  # (B, T, D)
-        return x + self.mlp(self.mlp_ln(x))  # (B, T, D)
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D), or (B, rows, D): the first ``rows`` positions only."""
+        x = x[:, :rows] + self.attn(self.attn_ln(x), rows)  # (B, r, D)
+        return x + self.mlp(self.mlp_ln(x))  # (B, r, D)
 
 
 class WhisperEncoder(nn.Module):
@@ -133,7 +138,12 @@ class WhisperEncoder(nn.Module):
         """Longest mel input (3000 frames = 30 s for every Whisper size)."""
         return 2 * self.config.n_ctx
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """Features (B, T2, D) of mel (B, n_mels, T), T2 = ceil(T / 2); ``rows``: return only
+        the first ``rows`` positions. Exact up to float rounding: the last block is then
+        computed for those positions only (the earlier blocks must see every position, whose
+        keys and values the later ones attend to), which saves most of a block for a short
+        clip in a 30-s window."""
         if mel.ndim != 3 or mel.shape[1] != self.config.n_mels:
             raise ValueError(f"expected mel of shape (B, {self.config.n_mels}, T), got {mel.shape}")
         if not 0 < mel.shape[2] <= self.max_mel_frames:
@@ -142,9 +152,12 @@ class WhisperEncoder(nn.Module):
         x = F.gelu(self.conv2(x))  # (B, D, ceil(T/2))
         x = x.transpose(1, 2)  # (B, T2, D)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)  # (B, T2, D)
-        for block in self.blocks:
-            x = block(x)  # (B, T2, D)
-        return self.ln_post(x)  # (B, T2, D)
+        if rows is not None and not 0 < rows <= x.shape[1]:
+            raise ValueError(f"rows must be in 1..{x.shape[1]}, got {rows}")
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, rows if i == last else None)  # (B, T2, D); (B, rows, D) at the end
+        return self.ln_post(x[:, :rows])  # (B, T2 or rows, D)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> WhisperEncoder:

@@ -21,11 +21,12 @@ import torch
 from tqdm import tqdm
 
 from readtalk.config import to_dict
-from readtalk.data.manifest import load_manifest, resolve
+from readtalk.data.manifest import load_manifest, load_track, resolve
 from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
 from readtalk.errors import ReadtalkError
 from readtalk.eval.lipsync import locate_mouth, mouth_darkness
-from readtalk.eval.pixel import psnr, ssim
+from readtalk.eval.pixel import psnr, sharpness_ratio, ssim
+from readtalk.eval.regions import REGIONS, has_geometry, synthtalk_regions
 from readtalk.media import fit_size, read_video, to_tensor, to_uint8, to_unit
 from readtalk.release import peek_safetensors
 from readtalk.train import dist
@@ -296,19 +297,36 @@ def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dict[str, float]:
-    """Mean PSNR and SSIM over (3, F, H, W) videos in [-1, 1]; with ``mouth=True`` (SynthTalk
-    faces) also how well the mouth survives: the Pearson correlation of the mouth reader's gap on
-    the reconstruction with its gap on the input (``mouth_corr``, pooled over all frames), the
-    fraction of frames with an open mouth in the input whose reconstruction shows one too
-    (``mouth_visible``), and, tolerant of blur, the mean per-clip correlation of the input's gap
-    with the reconstruction's darkness at the input's mouth (``mouth_dark_corr``)."""
+def evaluate_videos(
+    vae,
+    videos: list[torch.Tensor],
+    mouth: bool = False,
+    regions: list[dict[str, np.ndarray] | None] | None = None,
+) -> dict[str, float]:
+    """Mean PSNR, SSIM and sharpness (the Laplacian-variance ratio, reconstruction over input:
+    ``eval.pixel.sharpness_ratio``, < 1 blurred) over (3, F, H, W) videos in [-1, 1]; with
+    ``regions`` (per video, ``eval.regions.synthtalk_regions`` boxes or None) also the sharpness
+    in the mouth and eye boxes (``sharpness_mouth``, ``sharpness_eyes``: means over the videos
+    that have boxes). With ``mouth=True`` (SynthTalk faces) also how well the mouth survives: the
+    Pearson correlation of the mouth reader's gap on the reconstruction with its gap on the input
+    (``mouth_corr``, pooled over all frames), the fraction of frames with an open mouth in the
+    input whose reconstruction shows one too (``mouth_visible``), and, tolerant of blur, the mean
+    per-clip correlation of the input's gap with the reconstruction's darkness at the input's
+    mouth (``mouth_dark_corr``)."""
 
     ps, ss, src, out, dark = [], [], [], [], []
-    for v in videos:
+    sharp: dict[str, list[float]] = {"sharpness": []}
+    for i, v in enumerate(videos):
         rec = reconstruct(vae, v[None])
         ps.append(psnr(to_unit(rec), to_unit(v[None])))
         ss.append(ssim(to_unit(rec), to_unit(v[None])))
+        rec_u, v_u = to_unit(rec), to_unit(v[None])  # (F, 3, H, W)
+        sharp["sharpness"].append(sharpness_ratio(rec_u, v_u))
+        boxes = regions[i] if regions else None
+        for name in REGIONS if boxes else ():
+            n = len(boxes[name])
+            ratio = sharpness_ratio(rec_u[:n], v_u[:n], boxes[name])
+            sharp.setdefault(f"sharpness_{name}", []).append(ratio)
         if mouth:
             a, b = to_uint8(v), to_uint8(rec[0])
             gap = [read_mouth(f).gap for f in a]
@@ -318,6 +336,9 @@ def evaluate_videos(vae, videos: list[torch.Tensor], mouth: bool = False) -> dic
             if not np.isnan(c):
                 dark.append(c)
     res = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "clips": len(videos)}
+    for key, vals in sharp.items():
+        vals = [x for x in vals if np.isfinite(x)]
+        res[key] = float(np.mean(vals)) if vals else float("nan")
     if mouth and src:
         src_a, out_a = np.asarray(src), np.asarray(out)
         corr = pearson(src_a, out_a)
@@ -497,16 +518,26 @@ def vae_report(
     clips: int,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """PSNR/SSIM of a trained VAE on a dataset's test split and on real footage."""
+    """PSNR, SSIM and sharpness of a trained VAE's reconstructions of a dataset's test split and
+    of real footage (``evaluate_videos``); the mouth and eye sharpness on SynthTalk clips, whose
+    tracks give the boxes."""
 
     vae = load_vae(weights).eval()
     out = {}
     if data:
         recs = load_manifest(data, "test")
         size = int(recs[0].get("size") or 0)
-        vids = eval_videos(recs, frames, size, clips)
+        vids, regions = [], []
+        for rec in recs[:clips] if clips else recs:
+            got = eval_videos([rec], frames, size, 0)  # [] for a clip shorter than ``frames``
+            if got:
+                track = load_track(rec)
+                h = got[0].shape[-2]  # (3, F, H, W), square
+                geo = synthtalk_regions(track, h, frames) if has_geometry(track) else None
+                vids.append(got[0])
+                regions.append(geo)
         vids = list(tqdm(vids, desc="vae eval", disable=not progress))
-        out["test"] = evaluate_videos(vae, vids, mouth=is_synthtalk(data))
+        out["test"] = evaluate_videos(vae, vids, mouth=is_synthtalk(data), regions=regions)
     if real:
         out["real"] = {**evaluate_videos(vae, [real_footage(real, frames)]), "video": str(real)}
     return out

@@ -11,12 +11,14 @@ to float rounding; clips of more than one frame take the 3D path unchanged.
 
 ``use_frame_path(ae)`` switches every causal convolution and spatio-temporal downsampler of a
 diffusers ``AutoencoderKLLTXVideo`` to these subclasses in place (their parameters and state
-dict keys are those of the originals); ``VideoVAE`` does so for every VAE it builds.
+dict keys are those of the originals); ``VideoVAE`` does so for every VAE it builds. Without
+gradients the time-summed kernel is computed once per weight version and reused.
 ``docs/experiments/bench_frame_path.py`` times both paths (docs/speed.md).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_ltx import (
     LTXVideoCausalConv3d,
@@ -39,13 +41,28 @@ class FrameCausalConv3d(LTXVideoCausalConv3d):
             return super().forward(hidden_states)
         out = F.conv2d(
             hidden_states[:, :, 0],
-            conv.weight.sum(dim=2),
+            self._frame_kernel(),
             conv.bias,
             stride=conv.stride[1:],
             padding=conv.padding[1:],
             groups=conv.groups,
         )
         return out.unsqueeze(2)
+
+    def _frame_kernel(self) -> Tensor:
+        """The kernel summed over time. Without gradients (generation) it is computed once and
+        kept until the weight changes (an optimiser step or ``load_state_dict`` bumps the
+        tensor's version, ``.to()`` gives it new storage): the sum otherwise costs a third of
+        a small decoder's convolution time on every frame."""
+        w = self.conv.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return w.sum(dim=2)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        hit = self.__dict__.get("_kernel_cache")
+        if hit is None or hit[0] != key:
+            hit = (key, w.detach().sum(dim=2))
+            self.__dict__["_kernel_cache"] = hit  # a plain attribute: not in the state dict
+        return hit[1]
 
 
 class FrameDownsampler3d(LTXVideoDownsampler3d):
