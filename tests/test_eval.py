@@ -76,6 +76,11 @@ def test_eval_of_true_videos_is_near_perfect(synth_dataset, preds, tmp_path):
         assert rep[key] == 1.0 and all(v[key] == 1.0 for v in rep["videos"].values())
     for key in ("sync_c", "sync_d", "fid", "fvd", "seam_ratio"):
         assert key in rep["skipped"] and key not in rep
+    # the true mouth against the clip's own speech (reference-free; docs/eval.md)
+    assert rep["energy_corr"] > 0.4 and 0.3 < rep["open_fraction"] < 1 and rep["energy_lag"] <= 3
+    assert all(
+        {"energy_corr", "energy_lag", "open_fraction"} <= set(v) for v in rep["videos"].values()
+    )
     saved = json.loads((tmp_path / "good" / "metrics.json").read_text())
     assert saved["mouth_corr"] == rep["mouth_corr"] and set(saved["videos"]) == set(rep["videos"])
     assert (tmp_path / "good" / "mouth_tracks.png").stat().st_size > 1000
@@ -220,3 +225,78 @@ def test_a_still_mouth_is_counted_not_hidden(synth_dataset, preds, tmp_path, cap
     assert "never moves in 1" in capsys.readouterr().out
     good_rep = evaluate(good, synth_dataset, tmp_path / "g", EvalConfig(), progress=False)
     assert good_rep["mouth_still"] == 0 and good_rep["mouth_corr_all"] == good_rep["mouth_corr"]
+
+
+def _speech_like(frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise whose level goes up and down like syllables, with pauses: (audio, amplitude per
+    frame)."""
+    rng = np.random.default_rng(seed)
+    amp = 0.05 + np.convolve(rng.random(frames), np.ones(4) / 4, mode="same")
+    amp[np.repeat(rng.random(frames // 10) < 0.25, 10)[:frames]] = 0.0  # pauses: silence
+    audio = rng.normal(0, 1, frames * 640) * np.repeat(amp, 640) * 0.3
+    return audio.astype(np.float32), amp
+
+
+def test_mouth_energy_follows_a_gap_made_of_the_energy():
+    audio, _ = _speech_like(250, 0)
+    energy = lipsync.frame_energy(audio, 250)
+    m0 = lipsync.mouth_energy(np.zeros(250), audio)
+    floor = m0.threshold_db
+    gap = np.convolve(np.maximum(energy, floor) - floor, [0.25, 0.5, 0.25], mode="same") / 300
+    m = lipsync.mouth_energy(gap, audio)
+    assert m.energy_corr > 0.9 and m.lag == 0 and m.reason == ""
+    assert m.voiced.mean() > 0.7 and m.open_fraction > 0.5 and m.open_unvoiced < 0.5
+    late = np.concatenate([np.zeros(2), gap[:-2]])  # the mouth moves 2 frames after the sound
+    m = lipsync.mouth_energy(late, audio)
+    assert m.lag == 2 and m.energy_corr > 0.9 and m.corr_at_zero < m.energy_corr
+    shuffled = np.random.default_rng(1).permutation(gap)
+    assert abs(lipsync.mouth_energy(shuffled, audio).energy_corr) < 0.25
+    # a mouth that never moves: open on no voiced frame, no correlation, and the reason
+    assert m0.open_fraction == 0 and np.isnan(m0.energy_corr) and "never moves" in m0.reason
+
+
+def test_mouth_energy_open_fraction_and_silence():
+    audio, amp = _speech_like(100, 2)
+    voiced = lipsync.mouth_energy(np.zeros(100), audio).voiced
+    gap = np.where(voiced, 0.05, 0.0)  # open exactly while there is speech
+    m = lipsync.mouth_energy(gap, audio)
+    assert m.open_fraction == 1.0 and m.open_unvoiced == 0.0
+    assert not voiced[amp == 0].any()  # pauses are not voiced
+    m = lipsync.mouth_energy(gap * 0.3, audio)  # parted by less than OPEN_GAP: not open
+    assert m.open_fraction == 0.0 and m.energy_corr > 0.5
+    quiet = lipsync.mouth_energy(gap, audio * 1e-2)  # the threshold is relative to the level
+    assert np.array_equal(quiet.voiced, voiced)
+    silent = lipsync.mouth_energy(gap, np.zeros(100 * 640, np.float32))
+    assert np.isnan(silent.open_fraction) and np.isnan(silent.energy_corr)
+    assert "silent" in silent.reason and silent.open_unvoiced == voiced.mean()  # all unvoiced
+    short = lipsync.mouth_energy(gap, audio[:6400])  # audio ends early: the rest is silence
+    assert short.energy.size == 100 and not short.voiced[10:].any()
+
+
+def test_energy_measures_need_audio_and_a_face_the_reader_reads(synth_dataset, preds, tmp_path):
+    """energy_corr / open_fraction with a non-SynthTalk reference: skipped by default (the
+    mouth reader reads SynthTalk-like faces only), scored with mouth_reader="on" as against
+    the SynthTalk reference; a silent video says why it has no correlation."""
+    good, _, recs = preds
+    ref = tmp_path / "ref"
+    shutil.copytree(good, ref)
+    auto = evaluate(good, ref, tmp_path / "a", EvalConfig(), progress=False)
+    assert "energy_corr" not in auto and "mouth reader" in auto["skipped"]["open_fraction"]
+    on = evaluate(good, ref, tmp_path / "on", EvalConfig(mouth_reader="on"), progress=False)
+    synth = evaluate(good, synth_dataset, tmp_path / "s", EvalConfig(), progress=False)
+    for key in ("energy_corr", "energy_lag", "open_fraction"):
+        assert on[key] == pytest.approx(synth[key]) and key not in on["skipped"]
+    off = evaluate(
+        good, synth_dataset, tmp_path / "o", EvalConfig(mouth_reader="off"), progress=False
+    )
+    assert "energy_corr" in off["skipped"] and off["mouth_corr"] == synth["mouth_corr"]
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    frames = read_video(good / f"{recs[0]['id']}.mp4")
+    write_video(silent / f"{recs[0]['id']}.mp4", frames, np.zeros(len(frames) * 640, np.float32))
+    rep = evaluate(silent, synth_dataset, tmp_path / "q", EvalConfig(), progress=False)
+    video = rep["videos"][recs[0]["id"]]
+    assert video["energy_corr"] is None and "silent" in video["energy_note"]
+    assert "silent" in rep["skipped"]["energy_corr"] and "open_fraction" in rep["skipped"]
+    with pytest.raises(ReadtalkError, match="mouth_reader"):
+        evaluate(good, synth_dataset, tmp_path / "x", EvalConfig(mouth_reader="maybe"))

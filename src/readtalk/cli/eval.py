@@ -24,6 +24,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
         window=a.window,
         clip_frames=a.clip_frames,
         motion_latents=a.motion_latents,
+        energy_lag=a.energy_lag,
+        mouth_reader=a.mouth_reader,
         device=a.device,
     )
     report = evaluate(a.pred, a.ref, a.out, cfg, progress=not a.quiet)
@@ -56,6 +58,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--window", type=int, default=121, help="frames per window over time")
     p.add_argument("--clip-frames", type=int, default=121, help="the generator's clip length")
     p.add_argument("--motion-latents", type=int, default=1, help="the generator's motion latents")
+    p.add_argument(
+        "--mouth-reader",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read the mouth for energy_corr/open_fraction: auto = SynthTalk references only; "
+        "on = also others (SynthTalk-like generated faces, e.g. the demo model's)",
+    )
+    p.add_argument("--energy-lag", type=int, default=3, help="frames searched for energy_lag")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)

@@ -6,9 +6,10 @@ beyond.
 ``--pred`` holds ``<id>.mp4`` files (with their audio); ``--ref`` is a dataset folder with a
 ``manifest.jsonl`` whose ids match (SynthTalk or prepared footage), or a folder of reference
 videos ``<id>.mp4``. ``metrics.json`` has the aggregate of every metric that applies under its own
-key (``sync_c``, ``sync_d``, ``mouth_corr``, ``mouth_mae``, ``av_offset``, ``fid``, ``fvd``,
-``psnr``, ``ssim``, ``sharpness``, ``sharpness_mouth``, ``sharpness_eyes``, ``identity``,
-``seam_ratio``), ``videos`` (per-video values), ``windows``
+key (``sync_c``, ``sync_d``, ``mouth_corr``, ``mouth_mae``, ``av_offset``, ``energy_corr``,
+``energy_lag``, ``open_fraction``, ``fid``, ``fvd``, ``psnr``, ``ssim``, ``sharpness``,
+``sharpness_mouth``, ``sharpness_eyes``, ``identity``, ``seam_ratio``), ``videos`` (per-video
+values), ``windows``
 (every metric per ``window``-frame window along each video: stability over time) and
 ``skipped`` (metric -> reason: missing weights, no ground truth, ...). Plots go beside it.
 
@@ -18,7 +19,13 @@ video whose mouth never moves for the reader (a constant track: nothing to corre
 decoder that blurs the opening away) has no ``mouth_corr``; ``mouth_still`` counts those videos
 (where the true track moves) and ``mouth_corr_all`` is the mean over all videos with a moving
 true track, each still mouth counted as 0 (no lip sync). The two means differ only when
-``mouth_still`` > 0. Seam boundaries are where the pipeline starts a new clip
+``mouth_still`` > 0.
+
+``energy_corr``, ``energy_lag``, ``open_fraction`` (``lipsync.mouth_energy``: the reader's gap
+against the video's own speech energy) need audio and a face the reader applies to: SynthTalk
+references, or any with ``mouth_reader="on"`` (SynthTalk-like faces, e.g. the demo model's, on
+other speech). ``energy_lag``: median; a video without ``energy_corr`` says why (``energy_note``).
+Seam boundaries are where the pipeline starts a new clip
 (``plan_clips`` with the given clip length and motion latents), so ``seam_ratio`` is only
 defined for videos longer than one clip.
 
@@ -56,6 +63,9 @@ METRICS = (
     "mouth_corr",
     "mouth_mae",
     "av_offset",
+    "energy_corr",
+    "energy_lag",
+    "open_fraction",
     "fid",
     "fvd",
     "psnr",
@@ -66,6 +76,7 @@ METRICS = (
     "identity",
     "seam_ratio",
 )
+ENERGY_METRICS = ("energy_corr", "energy_lag", "open_fraction")
 
 
 @dataclass(frozen=True)
@@ -79,14 +90,18 @@ class EvalConfig:
     motion_latents: int = 1  # its motion latents (0: plain chunking)
     temporal_factor: int = 8
     max_offset: int = 5  # frames searched for the mouth-track AV offset
+    energy_lag: int = 3  # frames searched for the mouth-energy lag (energy_corr)
+    mouth_reader: str = "auto"  # read the mouth for energy_corr: auto (SynthTalk refs) | on | off
     fid_stride: int = 5  # every n-th frame goes into FID
     device: str = "cpu"
 
     def validate(self) -> None:
         if self.window < 2 or self.clip_frames < 9 or (self.clip_frames - 1) % self.temporal_factor:
             raise ReadtalkError("window must be >= 2 and clip_frames 8k+1 (>= 9)")
-        if self.max_offset < 0 or self.fid_stride < 1:
-            raise ReadtalkError("max_offset must be >= 0 and fid_stride >= 1")
+        if self.max_offset < 0 or self.fid_stride < 1 or self.energy_lag < 0:
+            raise ReadtalkError("max_offset and energy_lag must be >= 0 and fid_stride >= 1")
+        if self.mouth_reader not in ("auto", "on", "off"):
+            raise ReadtalkError(f"mouth_reader must be auto, on or off, got {self.mouth_reader!r}")
 
 
 # ---------------------------------------------------------------------------------- references
@@ -197,6 +212,7 @@ def score_video(
             idx = sheet_frames(true_gap[: min(n, len(gt))])
             extras["sheet"] = (gt[idx], pred[idx])
 
+    out.update(energy_scores(pred, audio, ref, cfg, pred_gap))
     same = gt is not None and gt.shape[1:] == pred.shape[1:]
     if same:
         n = min(len(gt), len(pred))
@@ -242,6 +258,22 @@ def score_video(
             row["identity"] = float(ident[w0:w1].mean())
         windows.append(row)
     return out, windows, extras
+
+
+def energy_scores(
+    pred: np.ndarray, audio: np.ndarray | None, ref: Reference | None, cfg: EvalConfig, gap=None
+) -> dict:
+    """``lipsync.mouth_energy`` of one video against its own speech (``gap``: the reader's, when
+    already read); nothing without audio or where the reader does not apply (module docstring)."""
+    synth = ref is not None and ref.synthtalk
+    if audio is None or cfg.mouth_reader == "off" or (cfg.mouth_reader == "auto" and not synth):
+        return {}
+    if gap is None:
+        gap = np.array([read_mouth(f).gap for f in pred])
+    m = lipsync.mouth_energy(gap, audio, cfg.energy_lag)
+    lag = m.lag if math.isfinite(m.energy_corr) else float("nan")
+    row = {"energy_corr": m.energy_corr, "energy_lag": lag, "open_fraction": m.open_fraction}
+    return row | ({"energy_note": m.reason} if m.reason else {})
 
 
 def region_sharpness(pred: np.ndarray, gt: np.ndarray, ref: Reference | None) -> dict:
@@ -389,12 +421,15 @@ def _aggregate(videos: dict, skipped: dict, cfg: EvalConfig) -> dict:
                 skipped[key] = f"no video is longer than one clip ({cfg.clip_frames} frames)"
             elif key in ("sync_c", "sync_d"):
                 skipped[key] = "no video could be scored"
+            elif key in ENERGY_METRICS:
+                skipped[key] = _energy_skip_reason(videos)
             elif key.startswith("sharpness"):
                 skipped[key] = "no video has ground-truth frames of the same size" + (
                     " and SynthTalk face geometry" if key != "sharpness" else ""
                 )
             continue
-        result[key] = float(np.median(vals)) if key == "av_offset" else float(np.mean(vals))
+        median = key in ("av_offset", "energy_lag")
+        result[key] = float(np.median(vals)) if median else float(np.mean(vals))
     if "mouth_corr" not in skipped:
         still = [v for v in videos.values() if v.get("mouth_still")]
         scored = [v["mouth_corr"] for v in videos.values() if _finite(v.get("mouth_corr"))]
@@ -402,6 +437,13 @@ def _aggregate(videos: dict, skipped: dict, cfg: EvalConfig) -> dict:
         if scored or still:
             result["mouth_corr_all"] = float(np.sum(scored) / (len(scored) + len(still)))
     return result
+
+
+def _energy_skip_reason(videos: dict) -> str:
+    notes = [v["energy_note"] for v in videos.values() if "energy_note" in v]
+    if notes:
+        return f"undefined in every video ({notes[0]}; see each video's energy_note)"
+    return "no video has audio and a face the mouth reader applies to (see --mouth-reader)"
 
 
 def _frechet_scores(
