@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from readtalk.bench import processor_name
 from readtalk.demo import demo_portrait
 from readtalk.live import speech_for
+from readtalk.media import SAMPLES_PER_FRAME
 from readtalk.pipeline import Pipeline
 from readtalk.profiling import matmul_peak
 from readtalk.speech.speechae import window_codes
@@ -72,21 +73,19 @@ def stage_flops(pipe: Any, settings: Any) -> dict[str, float]:
     """FLOPs of one unit of each stage: per DiT call (a whole guidance batch), per speech
     window, per decoded frame, per re-encoded frame."""
     md = pipe.models
-    tf = md.vae.temporal_factor
-    f = settings.clip_latents(tf)
-    frames = tf * (f - 1) + 1
+    f, frames = settings.clip_latents(md.vae.temporal_factor), settings.clip_frames
     side = pipe.size // md.vae.spatial_factor
-    c = md.dit.cfg.latent_channels if hasattr(md.dit, "cfg") else md.vae.latent_channels
+    cfg = md.dit.cfg
     passes = settings.guidance_config().passes
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(passes, c, f, side, side, generator=g)
-    ref = torch.randn(passes, c, 1, side, side, generator=g)
+    x = torch.randn(passes, cfg.latent_channels, f, side, side, generator=g)
+    ref = torch.randn(passes, cfg.latent_channels, 1, side, side, generator=g)
     t = torch.rand(passes, 1 + f, generator=g)
-    audio = window_codes(md.speechae, md.front_end, np.zeros(frames * 640, np.float32), 0, frames)
     keep = torch.ones(passes, dtype=torch.bool)
-    cond = {"ref": ref, "audio": audio.expand(passes, -1, -1)}
-    speech = np.random.default_rng(0).standard_normal(frames * 640).astype(np.float32) * 0.1
-    latent = torch.randn(1, c, f, side, side, generator=g)
+    cond = {"ref": ref, "audio": torch.zeros(passes, f, cfg.audio_dim)}
+    speech = np.random.default_rng(0).standard_normal(frames * SAMPLES_PER_FRAME)
+    speech = speech.astype(np.float32) * 0.1
+    latent = torch.randn(1, cfg.latent_channels, f, side, side, generator=g)
     pixels = torch.zeros(1, 3, 1, pipe.size, pipe.size)
     return {
         "dit": count_flops(lambda: md.velocity(x, t, keep, keep, cond)),

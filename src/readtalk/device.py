@@ -7,7 +7,6 @@ import torch
 from readtalk.errors import ReadtalkError
 
 DTYPES = ("float32", "bfloat16", "float16")
-DTYPE_CHOICES = (*DTYPES, "auto")
 
 
 def fast_bf16(device: str | torch.device | None = "cpu") -> bool:

@@ -240,28 +240,6 @@ def use_onnx(models: Any, folder: str | os.PathLike, threads: int | None = None)
 # ------------------------------------------------------------------------------------- export
 
 
-class _DiTCall(nn.Module):
-    """The DiT with the masks as positional inputs (what ``GenerationModels.velocity`` calls)."""
-
-    def __init__(self, dit: nn.Module) -> None:
-        super().__init__()
-        self.dit = dit
-
-    def forward(
-        self, x: Tensor, t: Tensor, ref: Tensor, audio: Tensor, ref_mask: Tensor, audio_mask: Tensor
-    ) -> Tensor:
-        return self.dit(x, t, ref, audio, ref_mask, audio_mask)
-
-
-class _DecoderCall(nn.Module):
-    def __init__(self, decoder: nn.Module) -> None:
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.decoder(z)
-
-
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The tracer's warnings off (its shape checks turned into constants, the exporter's
@@ -336,7 +314,7 @@ def _export_dit(dit: nn.Module, root: Path, f: int, h: int, w: int, opset: int) 
         "x": video, "t": {0: "B", 1: "1+f"}, "ref": {0: "B", 3: "h", 4: "w"},
         "audio": {0: "B", 1: "f"}, "ref_mask": {0: "B"}, "audio_mask": {0: "B"}, "v": video,
     }  # fmt: skip
-    module = _DiTCall(dit).eval()
+    module = dit.eval()  # called as GenerationModels.velocity does: six positional inputs
     path = root / DIT_FILE
     _export(module, args, path, (list(DIT_INPUTS), ["v"]), dynamic, opset)
     return {
@@ -357,7 +335,7 @@ def _export_decoder(vae: FactorisedVAE, root: Path, h: int, w: int, opset: int) 
     c, s = vae.latent_channels, vae.spatial_factor
     n = 4
     z = torch.randn(n, c, 1, h, w, generator=torch.Generator().manual_seed(0))
-    module = _DecoderCall(vae.frame.ae.decoder).eval()
+    module = vae.frame.ae.decoder.eval()
     path = root / DECODER_FILE
     dynamic = {"z": {0: "n", 3: "h", 4: "w"}, "frames": {0: "n", 3: "H", 4: "W"}}
     _export(module, (z,), path, (["z"], ["frames"]), dynamic, opset)

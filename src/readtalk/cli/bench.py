@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from readtalk.cli.common import (
+    add_dtype_arg,
     add_model_args,
     add_settings_args,
     load_pipeline,
+    model_or_demo,
     set_threads,
     settings_overrides,
 )
@@ -67,12 +68,7 @@ def configure_speed_parser(p: argparse.ArgumentParser) -> None:
         help="frames per clip, 8k+1 (121; --profile: model's)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16", "auto"),
-        default="float32",
-        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
-    )
+    add_dtype_arg(p)
     p.add_argument(
         "--front-end",
         choices=("auto", "whisper", "logmel"),
@@ -137,10 +133,10 @@ def cmd_bench_profile(a: argparse.Namespace) -> None:
         for k, v in (("steps", a.steps), ("guidance", a.cfg), ("clip_frames", a.clip_frames))
         if v is not None
     }
-    if a.model is None and a.runtime == "torch":
-        print("no --model given: profiling the demo model shipped in the package")
+    # --runtime onnx needs an exported folder: without --model, profile_runs says so
+    model = model_or_demo(a.model) if a.runtime == "torch" else a.model
     report = profile_runs(
-        a.model, runtime=a.runtime, seconds=a.seconds, audio=a.audio, image=a.image,
+        model, runtime=a.runtime, seconds=a.seconds, audio=a.audio, image=a.image,
         seed=a.seed, device=a.device, dtype=a.dtype, overrides=overrides, progress=not a.quiet,
     )  # fmt: skip
     print(report["text"])
@@ -175,13 +171,7 @@ def cmd_results(a: argparse.Namespace) -> None:
         device=a.device,
         ablations=ablations,
     )
-    model = a.model
-    if model is None:
-        from readtalk.release import default_model_dir
-
-        model = str(default_model_dir())
-        print(f"using the shipped demo model ({model})", file=sys.stderr)
-    run_results(model, a.data, a.out, cfg, long=a.long, progress=not a.quiet)
+    run_results(model_or_demo(a.model), a.data, a.out, cfg, long=a.long, progress=not a.quiet)
     print((Path(a.out) / "results.md").read_text())
     print(f"wrote {Path(a.out) / 'results.json'}")
 

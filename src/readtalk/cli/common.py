@@ -67,6 +67,16 @@ def report_release(path: Path | None, out: str) -> None:
 # --------------------------------------------------------------------------------- models
 
 
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """``--dtype``, as every command that runs a model takes it."""
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default="float32",
+        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
+    )
+
+
 def add_model_args(p: argparse.ArgumentParser, parts: bool = True) -> None:
     """``--model DIR`` (default: the demo model in the package), or the three release files,
     and where and how the model runs."""
@@ -82,12 +92,7 @@ def add_model_args(p: argparse.ArgumentParser, parts: bool = True) -> None:
         p.add_argument("--dit", default=None, help="dit.safetensors (instead of --model)")
     p.add_argument("--whisper", default=None, help="Whisper-tiny weights (default: packaged)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16", "auto"),
-        default="float32",
-        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
-    )
+    add_dtype_arg(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument(
         "--runtime",
@@ -102,7 +107,6 @@ def load_pipeline(a: argparse.Namespace):
     """The pipeline ``add_model_args`` describes; without a model, the shipped demo model
     (said in one line on stderr)."""
     from readtalk.pipeline import Pipeline
-    from readtalk.release import default_model_dir
 
     set_threads(a.threads)
     explicit = [getattr(a, k, None) for k in ("vae", "speech", "dit")]
@@ -121,11 +125,21 @@ def load_pipeline(a: argparse.Namespace):
             vae=a.vae, speech=a.speech, dit=a.dit, whisper=a.whisper, device=a.device,
             dtype=a.dtype,
         )  # fmt: skip
-    if not a.model:
-        print(f"using the shipped demo model ({default_model_dir()})", file=sys.stderr)
     return Pipeline.from_pretrained(
-        a.model, whisper=a.whisper, device=a.device, dtype=a.dtype, runtime=runtime
-    )
+        model_or_demo(a.model), whisper=a.whisper, device=a.device, dtype=a.dtype,
+        runtime=runtime,
+    )  # fmt: skip
+
+
+def model_or_demo(model: str | None) -> str:
+    """``--model``, or the demo model shipped in the package (said in one line on stderr)."""
+    if model:
+        return model
+    from readtalk.release import default_model_dir
+
+    path = str(default_model_dir())
+    print(f"using the shipped demo model ({path})", file=sys.stderr)
+    return path
 
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from readtalk.cli.common import set_threads
+from readtalk.cli.common import add_dtype_arg, set_threads
 from readtalk.errors import ReadtalkError
 
 
@@ -55,11 +55,6 @@ def register(sub) -> None:
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds, live streams")
     p.add_argument("--jobs-dir", default=None, help="keep job files here (default: a temp dir)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16", "auto"),
-        default="float32",
-        help="auto: bfloat16 where the device has bf16 matrix units (CUDA, AMX CPUs), else float32",
-    )
+    add_dtype_arg(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.set_defaults(func=cmd_serve)

@@ -52,8 +52,9 @@ class FrameCausalConv3d(LTXVideoCausalConv3d):
     def _frame_kernel(self) -> Tensor:
         """The kernel summed over time. Without gradients (generation) it is computed once and
         kept until the weight changes (an optimiser step or ``load_state_dict`` bumps the
-        tensor's version, ``.to()`` gives it new storage): the sum otherwise costs a third of
-        a small decoder's convolution time on every frame."""
+        tensor's version, ``.to()`` gives it new storage). In float32 on an AVX2 CPU this
+        saves nothing measurable (docs/speed.md: frames are decoded 16 per call); with fast
+        bf16 convolutions caching it made the decoder 1.47x faster (cpu-profile notes)."""
         w = self.conv.weight
         if torch.is_grad_enabled() and w.requires_grad:
             return w.sum(dim=2)
