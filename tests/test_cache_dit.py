@@ -456,3 +456,24 @@ def test_eval_dit_cli(cache, tmp_path, capsys):
         main(["eval-dit", "--weights", str(tmp_path / "none"), "--cache", str(cache["out"])]) == 2
     )
     assert "error:" in capsys.readouterr().err
+
+
+def test_augmented_speech_cache_keeps_the_latents_and_changes_the_codes(cache, tmp_path):
+    """--augment: the same windows and latents, other speech codes for the augmented clips,
+    the same codes again when rebuilt with the same seed; recorded in the settings."""
+    aug = _cfg(cache["data"], "", cache["speech"], latents_from=str(cache["out"]), augment=1.0)
+    build_cache(aug, tmp_path / "a", progress=False)
+    build_cache(aug, tmp_path / "b", progress=False)
+    a, b, old = (
+        CachedLatents(tmp_path / "a"),
+        CachedLatents(tmp_path / "b"),
+        CachedLatents(cache["out"]),
+    )
+    assert torch.equal(a.latent, old.latent) and torch.equal(a.audio, b.audio)
+    assert not torch.allclose(a.audio, old.audio)
+    assert a.meta["settings"]["augment"] == 1.0 and "augment" not in old.meta["settings"]
+    none = _cfg(cache["data"], "", cache["speech"], latents_from=str(cache["out"]), augment=0.0)
+    build_cache(none, tmp_path / "c", progress=False)
+    assert torch.allclose(CachedLatents(tmp_path / "c").audio, old.audio, atol=1e-6)
+    with pytest.raises(ReadtalkError, match="--augment"):
+        build_cache(dataclasses.replace(aug, augment=1.5), tmp_path / "d", progress=False)

@@ -48,7 +48,7 @@ def test_vae_training_resumes_exactly(synth_dataset, tmp_path):
 
 
 def test_windows_are_decoded_only_as_far_as_they_reach(synth_dataset, monkeypatch):
-    import readtalk.train.vae as tv
+    import readtalk.train.frames as tv
     from readtalk.data.manifest import load_manifest, resolve
     from readtalk.media import read_video
 
@@ -73,7 +73,7 @@ def test_windows_are_decoded_only_as_far_as_they_reach(synth_dataset, monkeypatc
 
 
 def test_crops_lie_on_the_latent_grid_and_carry_the_mouth_box(synth_dataset):
-    import readtalk.train.vae as tv
+    import readtalk.train.frames as tv
     from readtalk.data.manifest import load_manifest
 
     records = [r for r in load_manifest(synth_dataset) if r["split"] == "train"]
@@ -130,8 +130,9 @@ def test_cropped_training_with_mouth_weight_runs_and_evaluates_whole_frames(
 
 
 def test_frame_bank_holds_evenly_spaced_frames_and_resumes_exactly(synth_dataset, tmp_path):
-    import readtalk.train.vae as tv
+    import readtalk.train.frames as tv
     from readtalk.data.manifest import load_manifest
+    from readtalk.media import to_uint8
 
     records = [r for r in load_manifest(synth_dataset) if r["split"] == "train"]
     sampler = tv.ClipSampler(records, 1, 64, False, bank=3)
@@ -142,7 +143,7 @@ def test_frame_bank_holds_evenly_spaced_frames_and_resumes_exactly(synth_dataset
     last = tv.fit_size(read_video_at(records[0], 64), 64)[0]  # 65 frames: 0, 32 and 64
     assert np.array_equal(bank[0, 0], first) and np.array_equal(bank[0, 2], last)
     flat = {bytes(f.tobytes()) for f in bank.reshape(-1, 64, 64, 3)}
-    assert all(bytes(tv.to_uint8(x)[0].tobytes()) in flat for x in got)  # every frame from it
+    assert all(bytes(to_uint8(x)[0].tobytes()) in flat for x in got)  # every frame from it
     with pytest.raises(ReadtalkError, match="a frame bank needs single frames"):
         tv.ClipSampler(records, 9, 64, False, bank=3)
     with pytest.raises(ReadtalkError, match="frame_bank must be >= 0 and needs clip_frames=1"):
@@ -242,7 +243,7 @@ def test_overrides_parse_numbers_and_nested_keys():
 
 
 def test_motion_weights_mark_what_moves():
-    from readtalk.train.vae import motion_weights
+    from readtalk.train.frames import motion_weights
 
     video = torch.zeros(1, 3, 9, 32, 32)
     video[:, :, ::2, 10:14, 20:24] = 0.8  # a blinking square
@@ -256,7 +257,7 @@ def test_motion_weights_mark_what_moves():
 def test_mouth_box_weights_and_their_training(synth_dataset, tmp_path):
     """mouth_weight: a fixed box (fractions of the frame) weighs 1 + mouth_weight; it combines
     with the motion weight, trains, and bad boxes are one-line errors."""
-    from readtalk.train.vae import box_weights
+    from readtalk.train.frames import box_weights
 
     w = box_weights(torch.Size([2, 3, 9, 40, 50]), (0.2, 0.5, 0.6, 0.75), 4.0)
     assert w.shape == (1, 1, 1, 40, 50)

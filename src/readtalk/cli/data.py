@@ -153,6 +153,8 @@ def cmd_cache(a: argparse.Namespace) -> None:
         whisper=a.whisper or "",
         shard_size=a.shard_size,
         latents_from=a.latents_from or "",
+        augment=a.augment,
+        augment_seed=a.augment_seed,
     )
     meta_path = build_cache(cfg, a.out, progress=not a.quiet, device=a.device)
     meta = json.loads(meta_path.read_text())
@@ -186,6 +188,14 @@ def _add_cache(sub) -> None:
         default=None,
         help="a finished cache of the same windows: reuse its latents, compute only speech codes",
     )
+    p.add_argument(
+        "--augment",
+        type=float,
+        default=0.0,
+        help="fraction of clips whose speech is made to sound like another voice, room or "
+        "microphone (timing kept; docs/stage1.md, Speech augmentation)",
+    )
+    p.add_argument("--augment-seed", type=int, default=0, help="which clips, and how")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)

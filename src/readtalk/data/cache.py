@@ -19,6 +19,12 @@ VAE again: latents, references and ground truth are taken from the finished cach
 from the same dataset, frames, size and shard size), only the speech codes are computed. The
 SpeechAE ablations (``readtalk train speech --mode random|raw``) are cached this way.
 
+``--augment P`` makes the speech of a fraction ``P`` of the clips sound like another voice, room
+or microphone (``data.augment.SpeechAugment``, timing kept) before the front end sees it; which
+clips, and how, follow from ``--augment-seed`` and the clip id, so a resumed or rebuilt cache
+holds the same audio. With ``--latents-from`` it costs only the speech codes: an augmented copy
+of a cache for fine-tuning on voices other than espeak-ng's.
+
 Shards ``shard_00000.pt`` ... hold ``shard_size`` windows each (dicts of stacked tensors plus
 ``ids``, ``start`` and ``split``), written atomically. ``settings.json`` is written first and
 makes the folder resumable: re-running with the same settings skips finished shards; other
@@ -33,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from readtalk.data.augment import SpeechAugment
 from readtalk.data.manifest import clip_audio_path, load_manifest, load_track, resolve
 from readtalk.errors import ReadtalkError
 from readtalk.media import fit_size, load_audio, probe, read_image, read_video, to_tensor
@@ -65,6 +73,8 @@ class CacheConfig:
     whisper: str = ""  # whisper-tiny weights ("" = the default copy)
     shard_size: int = 64  # windows per shard
     latents_from: str = ""  # a finished cache of the same windows to take the latents from
+    augment: float = 0.0  # fraction of clips whose speech is augmented (data.augment)
+    augment_seed: int = 0
 
     def validate(self) -> None:
         if self.frames < 9 or (self.frames - 1) % 8:
@@ -75,6 +85,8 @@ class CacheConfig:
             raise ReadtalkError(f"--shard-size must be positive, got {self.shard_size}")
         if self.front_end not in ("whisper", "logmel"):
             raise ReadtalkError(f"--front-end must be whisper or logmel, got {self.front_end!r}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ReadtalkError(f"--augment is a fraction of the clips, got {self.augment}")
         if not self.vae and not self.latents_from:
             raise ReadtalkError("give --vae (or --latents-from a cache of the same windows)")
 
@@ -107,11 +119,31 @@ def _windows(records: list[dict], frames: int) -> tuple[list[tuple[dict, int]], 
     return out, short
 
 
+class ClipSpeech:
+    """A clip's speech as the cache's front end hears it: the audio file, augmented
+    (``SpeechAugment``) for a fraction ``augment`` of the clips, chosen and drawn from
+    ``seed`` and the clip id alone."""
+
+    def __init__(self, augment: float = 0.0, seed: int = 0) -> None:
+        self.augment, self.seed = augment, seed
+        self.transform = SpeechAugment() if augment else None
+
+    def __call__(self, rec: dict) -> np.ndarray:
+        audio = load_audio(clip_audio_path(rec))
+        if self.transform is None:
+            return audio
+        rng = np.random.default_rng([self.seed, zlib.crc32(str(rec["id"]).encode())])
+        if rng.uniform() >= self.augment:
+            return audio
+        return self.transform(audio, rng)[0]
+
+
 class _ClipReader:
     """Decodes a clip (video, reference, audio, track) once for all its windows."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, speech: ClipSpeech | None = None) -> None:
         self.size = size
+        self.speech = speech or ClipSpeech()
         self.key: str | None = None
 
     def get(self, rec: dict) -> dict:
@@ -125,7 +157,7 @@ class _ClipReader:
             self.clip = {
                 "video": video,
                 "ref": ref,
-                "audio": load_audio(clip_audio_path(rec)),
+                "audio": self.speech(rec),
                 "open": (track.get("mouth") or {}).get("open"),
                 "gap": (track.get("measures") or {}).get("gap"),
             }
@@ -183,7 +215,9 @@ def _latent_source(cfg: CacheConfig, manifest_sha: str) -> tuple[Path, dict]:
 
 
 @torch.no_grad()
-def _recode_shard(path: Path, shard: list, frames: int, front_end, speechae, bar) -> dict:
+def _recode_shard(
+    path: Path, shard: list, frames: int, front_end, speechae, bar, speech: ClipSpeech
+) -> dict:
     """Shard ``path`` of an older cache with its speech codes replaced by ``speechae``'s."""
 
     if not path.is_file():
@@ -196,7 +230,7 @@ def _recode_shard(path: Path, shard: list, frames: int, front_end, speechae, bar
     codes, audio, key = [], None, None
     for rec, start in shard:
         if rec["id"] != key:
-            audio, key = load_audio(clip_audio_path(rec)), rec["id"]
+            audio, key = speech(rec), rec["id"]
         codes.append(window_codes(speechae, front_end, audio, start, frames)[0].float().cpu())
         bar.update(1)
     data["audio"] = torch.stack(codes)
@@ -263,6 +297,8 @@ def _settings(
     }
     if not src:  # the settings of caches made before --latents-from existed
         del settings["latents_from"]
+    if not cfg.augment:  # ... and before --augment
+        del settings["augment"], settings["augment_seed"]
     return settings
 
 
@@ -320,7 +356,13 @@ class _ShardMaker:
     def __call__(self, name: str, shard: list, bar) -> dict:
         if self.src:
             return _recode_shard(
-                self.src / name, shard, self.frames, self.front_end, self.speechae, bar
+                self.src / name,
+                shard,
+                self.frames,
+                self.front_end,
+                self.speechae,
+                bar,
+                self.reader.speech,
             )
         return _encode_shard(
             shard, self.reader, self.frames, self.vae, self.front_end, self.speechae, bar
@@ -429,7 +471,14 @@ def build_cache(
     windows, short = _windows(records, cfg.frames)
     if not windows:
         raise ReadtalkError(f"no clip in {cfg.data} has {cfg.frames} frames; lower --frames")
-    make = _ShardMaker(cfg.frames, front_end, speechae, vae, src, _ClipReader(cfg.size))
+    make = _ShardMaker(
+        cfg.frames,
+        front_end,
+        speechae,
+        vae,
+        src,
+        _ClipReader(cfg.size, ClipSpeech(cfg.augment, cfg.augment_seed)),
+    )
     names = _write_shards(out, windows, cfg.shard_size, make, progress)
 
     stats = _latent_stats(out, names, cfg)

@@ -215,7 +215,12 @@ def fit(
             losses = step_fn(step_rng(tc.seed, step))
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        clip = getattr(model, "clip_grad_norm", None)  # a model with its own clipping
+        grad_norm = (
+            clip(tc.grad_clip)
+            if clip is not None
+            else torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        )
         opt.step()
         if ema is not None:
             _ema_update(ema, model, ema_decay_at(ema_decay, step + 1))

@@ -54,7 +54,7 @@ from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
-from readtalk.train.optim import OptimConfig
+from readtalk.train.optim import OptimConfig, optimizer_steps
 from readtalk.vae.factorised import load_vae
 
 RELEASE_KIND = "readtalk.dit"
@@ -278,7 +278,7 @@ def train_dit(
         no_audio = eval_loss(ema, test, tc.batch_size, cfg.eval_windows, audio=False)
         res["ema_audio_gain"] = no_audio - res["ema_loss"]
         if sampler is not None:
-            res.update(sampler(ema, _optimizer_step(opt)))
+            res.update(sampler(ema, optimizer_steps(opt)))
         return res
 
     done = fit(
@@ -308,14 +308,6 @@ def train_dit(
         run.log(f"wrote {release}")
     dist.barrier()
     return release
-
-
-def _optimizer_step(opt: torch.optim.Optimizer) -> int:
-    """Optimiser steps taken so far (survives resume, unlike a counter)."""
-    for state in opt.state.values():
-        if "step" in state:
-            return int(state["step"])
-    return 0
 
 
 class SampleWriter:

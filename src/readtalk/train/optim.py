@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from readtalk.errors import ReadtalkError
 
 
@@ -51,3 +53,11 @@ def cosine_lr(step: int, cfg: OptimConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def optimizer_steps(opt: torch.optim.Optimizer) -> int:
+    """Optimiser steps taken so far (survives resume, unlike a counter)."""
+    for state in opt.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0

@@ -4,14 +4,16 @@
 
 Each step draws ``batch_size`` random windows of ``clip_frames`` (8k+1) frames from the
 training split (random clip, random start, random horizontal flip), encodes them, samples the
-posterior, decodes, and minimises L1 (or L2) reconstruction + ``kl_weight`` x KL. No perceptual
-or adversarial term: LPIPS needs VGG/AlexNet weights that no package ships here, and a GAN term
-is not worth its instability at these sizes (see docs/stage1.md). Evaluation reports PSNR and SSIM
-on whole test-split windows of ``eval_frames`` frames. The result is ``vae.safetensors``.
+posterior, decodes, and minimises L1 (or L2) reconstruction + ``kl_weight`` x KL, and with
+``gan.weight`` / ``gan.fm_weight`` the adversarial terms of ``train.adversarial`` (a patch
+discriminator trained from scratch; LPIPS needs VGG/AlexNet weights that no package ships here).
+Evaluation reports PSNR, SSIM and sharpness on whole test-split windows of ``eval_frames``
+frames. The result is ``vae.safetensors``.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +32,17 @@ from readtalk.eval.regions import REGIONS, has_geometry, synthtalk_regions
 from readtalk.media import fit_size, read_video, to_tensor, to_uint8, to_unit
 from readtalk.release import peek_safetensors
 from readtalk.train import dist
+from readtalk.train.adversarial import (
+    GANConfig,
+    GANPair,
+    PatchDiscriminator,
+    adversarial_losses,
+    frames_of,
+    gradient_l1,
+)
 from readtalk.train.common import fit, start_run
-from readtalk.train.optim import OptimConfig
+from readtalk.train.frames import ClipSampler, motion_weights
+from readtalk.train.optim import OptimConfig, optimizer_steps
 from readtalk.vae.codec import kl_loss
 from readtalk.vae.config import VAE_PRESETS
 from readtalk.vae.factorised import FACTORISED_FORMAT, FactorisedVAE, load_vae
@@ -63,6 +74,10 @@ class VAERunConfig:
     # the frame) weigh 1 + mouth_weight, on top of the motion weight. 0 disables.
     mouth_weight: float = 0.0
     mouth_box: tuple[float, ...] = (0.34, 0.55, 0.66, 0.76)
+    # With a frame bank on SynthTalk data: mouth_weight weighs each frame's own mouth and eye
+    # boxes (from its track, grown by region_margin pixels) instead of the fixed mouth_box.
+    region_boxes: bool = False
+    region_margin: int = 4
     # L1 loss on the change from each frame to the next (reconstruction against input), with
     # this weight, added to the reconstruction loss: a decoder that draws one "mean" mouth for
     # all 8 frames of a latent has no change where the input's mouth moves. Weighted like the
@@ -80,6 +95,7 @@ class VAERunConfig:
     frame_bank: int = 0
     eval_clips: int = 8  # test-split clips evaluated at each evaluation
     eval_frames: int = 33  # frames per evaluated clip, 8k+1
+    gan: GANConfig = field(default_factory=GANConfig)  # adversarial terms (train.adversarial)
     train: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             steps=2000, batch_size=2, lr=5e-4, warmup=50, eval_every=250, ckpt_every=100
@@ -123,163 +139,16 @@ class VAERunConfig:
                 f"frame_bank must be >= 0 and needs clip_frames=1, got {self.frame_bank} with "
                 f"clip_frames={self.clip_frames}"
             )
+        if self.region_boxes and not self.frame_bank:
+            raise ReadtalkError("region_boxes=true needs a frame bank (frame_bank=N)")
+        if self.region_margin < 0:
+            raise ReadtalkError(f"region_margin must be >= 0, got {self.region_margin}")
+        self.gan.validate()
         if self.loss not in ("l1", "l2"):
             raise ReadtalkError(f"loss must be l1 or l2, got {self.loss!r}")
         if not self.train_encoder and not self.init:
             raise ReadtalkError("train_encoder=false needs init= (the encoder to keep)")
         self.train.validate()
-
-
-class ClipSampler:
-    """Random training windows from a dataset's videos, decoded on demand (each clip only as
-    far as its window's last frame).
-
-    ``crop`` > 0 trains on ``crop``-pixel squares of the frames instead of whole frames, at
-    offsets on the 32-pixel latent grid (so every crop's latents line up with those of the whole
-    frame); a fraction ``crop_mouth`` of them is drawn among the crops that hold all of
-    ``mouth_box`` (fractions of the frame), the rest anywhere.
-
-    ``bank`` > 0 (single frames only) decodes ``bank`` evenly spaced frames of every clip once,
-    on the first batch, and draws the frames from that bank in memory: a step then costs no
-    decoding at all (a bank of 8 frames of 904 256-px clips is 1.4 GB)."""
-
-    def __init__(
-        self,
-        records: list[dict],
-        frames: int,
-        size: int,
-        flip: bool,
-        crop: int = 0,
-        crop_mouth: float = 0.0,
-        mouth_box: tuple[float, ...] = (0.34, 0.55, 0.66, 0.76),
-        bank: int = 0,
-        progress: bool = False,
-    ) -> None:
-        if not records:
-            raise ReadtalkError("the dataset has no clips in the train split")
-        if bank and frames != 1:
-            raise ReadtalkError(f"a frame bank needs single frames (clip_frames=1), not {frames}")
-        self.bank, self.progress = bank, progress
-        self._bank: np.ndarray | None = None  # (clips, bank, H, W, 3) uint8, made on first use
-        self.records, self.frames, self.size, self.flip = records, frames, size, flip
-        self.crop, self.crop_mouth, self.mouth_box = crop, crop_mouth, mouth_box
-        self._lengths: dict[str, int] = {}
-
-    def length(self, rec: dict) -> int:
-        """A clip's frame count: the manifest's, else counted by decoding once."""
-        if rec["id"] not in self._lengths:
-            n = int(rec.get("frames") or 0) or len(read_video(resolve(rec, "video")))
-            self._lengths[rec["id"]] = n
-        return self._lengths[rec["id"]]
-
-    def _frame_bank(self) -> np.ndarray:
-        if self._bank is None:
-            frames = []
-            for rec in tqdm(
-                self.records, desc="frame bank", unit="clip", disable=not self.progress
-            ):
-                video = read_video(resolve(rec, "video"))
-                pick = np.linspace(0, len(video) - 1, self.bank).round().astype(int)
-                frames.append(fit_size(video[pick], self.size))
-            self._bank = np.stack(frames)
-        return self._bank
-
-    def _offsets(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """Every crop offset (y0, x0) on the 32-pixel grid, and those whose crop holds the box."""
-        if self.crop > min(h, w):
-            raise ReadtalkError(f"crop={self.crop} is larger than the {h}x{w} frames")
-        every = [
-            (y, x) for y in range(0, h - self.crop + 1, 32) for x in range(0, w - self.crop + 1, 32)
-        ]
-        b = self.mouth_box
-        by0, bx0, by1, bx1 = b[1] * h, b[0] * w, b[3] * h, b[2] * w
-        mouth = [
-            (y, x)
-            for y, x in every
-            if y <= by0 and x <= bx0 and y + self.crop >= by1 and x + self.crop >= bx1
-        ]
-        return every, mouth or every
-
-    def sample(
-        self, batch: int, rng: np.random.Generator, part: slice = slice(None)
-    ) -> torch.Tensor:
-        """The windows ``part`` (a rank's share) of a batch of ``batch`` drawn from ``rng``:
-        every window is drawn, only those in ``part`` are decoded."""
-        return self.sample_with_box(batch, rng, part)[0]
-
-    def sample_with_box(
-        self, batch: int, rng: np.random.Generator, part: slice = slice(None)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sample``'s windows (B, 3, F, h, w) and where ``mouth_box`` lies in each of them
-        (B, 1, 1, h, w: 1 inside, 0 outside), after its crop and flip."""
-        keep = range(batch)[part]
-        out, boxes, n = [], [], 0
-        while n < batch:
-            if self.bank:  # a clip and one of its bank frames
-                i, j = int(rng.integers(len(self.records))), int(rng.integers(self.bank))
-                flip = self.flip and rng.uniform() < 0.5
-                pick = (float(rng.uniform()), float(rng.uniform())) if self.crop else None
-                if n in keep:
-                    self._add(self._frame_bank()[i, j][None], flip, pick, out, boxes)
-                n += 1
-                continue
-            rec = self.records[int(rng.integers(len(self.records)))]
-            length = self.length(rec)
-            if length < self.frames:
-                continue
-            start = int(rng.integers(0, length - self.frames + 1))
-            flip = self.flip and rng.uniform() < 0.5
-            pick = (float(rng.uniform()), float(rng.uniform())) if self.crop else None
-            if n in keep:
-                video = read_video(resolve(rec, "video"), start + self.frames)[start:]
-                if len(video) < self.frames:
-                    raise ReadtalkError(f"clip {rec['id']} has fewer frames than its manifest says")
-                self._add(fit_size(video, self.size), flip, pick, out, boxes)
-            n += 1
-        return torch.stack(out), torch.stack(boxes)  # (B, 3, F, h, w), (B, 1, 1, h, w)
-
-    def _add(self, clip: np.ndarray, flip: bool, pick, out: list, boxes: list) -> None:
-        """Crop (``pick``: two uniform draws, or None) and flip a window (F, H, W, 3), and append
-        it and its mouth box to ``out`` and ``boxes``."""
-        box = box_mask(clip.shape[1:3], self.mouth_box)  # (H, W)
-        if pick is not None:
-            every, mouth = self._offsets(*clip.shape[1:3])
-            choice = mouth if pick[0] < self.crop_mouth else every
-            y0, x0 = choice[min(int(pick[1] * len(choice)), len(choice) - 1)]
-            clip = clip[:, y0 : y0 + self.crop, x0 : x0 + self.crop]
-            box = box[y0 : y0 + self.crop, x0 : x0 + self.crop]
-        if flip:
-            clip, box = clip[:, :, ::-1], box.flip(-1)
-        out.append(to_tensor(np.ascontiguousarray(clip)))
-        boxes.append(box[None, None])
-
-
-def motion_weights(video: torch.Tensor, weight: float, scale: float, dilate: int) -> torch.Tensor:
-    """Per-pixel loss weights (B, 1, F, H, W) for (B, 3, F, H, W) videos in [-1, 1].
-
-    A pixel's motion is its mean absolute distance (over colour) from the window's mean frame,
-    grown by a ``dilate``-pixel max filter so the whole moving part (the lips around a dark
-    opening) is covered; the weight is ``1 + weight * min(motion / scale, 1)``."""
-    d = (video - video.mean(2, keepdim=True)).abs().mean(1, keepdim=True)
-    if dilate > 1:
-        k = dilate | 1
-        d = torch.nn.functional.max_pool3d(d, (1, k, k), stride=1, padding=(0, k // 2, k // 2))
-    return 1.0 + weight * (d / scale).clamp(max=1.0)
-
-
-def box_mask(shape: torch.Size, box: tuple[float, ...]) -> torch.Tensor:
-    """(H, W): 1 inside ``box`` (x0, y0, x1, y1 as fractions of the frame), 0 elsewhere."""
-    h, w = shape[-2], shape[-1]
-    x0, y0, x1, y1 = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
-    m = torch.zeros(h, w)
-    m[y0:y1, x0:x1] = 1.0
-    return m
-
-
-def box_weights(shape: torch.Size, box: tuple[float, ...], weight: float) -> torch.Tensor:
-    """Per-pixel loss weights (1, 1, 1, H, W): 1 + ``weight`` inside ``box`` (x0, y0, x1, y1 as
-    fractions of the frame), 1 elsewhere."""
-    return 1.0 + weight * box_mask(shape, box)[None, None, None]
 
 
 def weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
@@ -435,6 +304,8 @@ def train_vae(
         cfg.mouth_box,
         cfg.frame_bank,
         progress,
+        cfg.region_boxes,
+        cfg.region_margin,
     )
     test = eval_videos(
         [r for r in records if r["split"] == "test"], cfg.eval_frames, size, cfg.eval_clips
@@ -450,8 +321,21 @@ def train_vae(
             f"decoder only: {sum(p.numel() for p in vae.ae.decoder.parameters()):,} parameters "
             "train, the encoder (and so every latent) is kept"
         )
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    gan = cfg.gan
+    disc = PatchDiscriminator(gan.width, gan.layers).to(run.device) if gan.enabled else None
+    trainee = vae if disc is None else GANPair(vae, disc)  # what the optimiser steps
+    if disc is not None:
+        run.log(f"discriminator: {sum(p.numel() for p in disc.parameters()):,} parameters")
+    params = [p for p in trainee.parameters() if p.requires_grad]
+    betas = (0.5, 0.9) if disc is not None else (0.9, 0.999)  # VQGAN's, for the two players
+    opt = torch.optim.AdamW(params, lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
+    released, ema = model, None  # with gan.ema_decay the EMA weights are evaluated and released
+    if gan.ema_decay:
+        released = copy.deepcopy(model).requires_grad_(False)
+        ema_vae = getattr(released, "frame", released)
+        ema = ema_vae if disc is None else GANPair(ema_vae, copy.deepcopy(disc))
+        ema.requires_grad_(False)
+    last_layer = vae.ae.decoder.conv_out.conv.weight  # for the adaptive adversarial weight
     gen = torch.Generator()
     part = dist.share(tc.batch_size)  # this rank's rows of the global batch (fit adds DDP)
 
@@ -481,6 +365,15 @@ def train_vae(
         rec = weighted_mean(err, w)
         kl = kl_loss(mean, logvar)
         out = {"loss": rec + cfg.kl_weight * kl, "rec": rec, "kl": kl}
+        if gan.grad_weight:
+            ww = None if w is None else frames_of(w)
+            out["grad"] = gradient_l1(frames_of(recon), frames_of(video), ww)
+            out["loss"] = out["loss"] + gan.grad_weight * out["grad"]
+        if disc is not None:
+            step = optimizer_steps(opt)
+            adv = adversarial_losses(gan, disc, recon, video, rec, last_layer, step)
+            out["loss"] = out["loss"] + adv.pop("total")
+            out.update(adv)
         if cfg.delta_weight:
             d = (recon.diff(dim=2) - video.diff(dim=2)).abs()  # (B, 3, F - 1, H, W)
             out["delta"] = weighted_mean(d, None if w is None else w[:, :, 1:])
@@ -490,21 +383,23 @@ def train_vae(
     done = fit(
         run,
         tc,
-        vae,
+        trainee,
         opt,
         loss_fn,
-        (lambda: evaluate_videos(model, test, mouth=is_synthtalk(cfg.data))) if test else None,
+        (lambda: evaluate_videos(released, test, mouth=is_synthtalk(cfg.data))) if test else None,
         to_dict(cfg),
         "train vae",
         progress,
         stop_at,
         resume,
+        ema=ema,
+        ema_decay=gan.ema_decay,
     )
     if not done:
         return None
     release = run.root / "vae.safetensors"
     if dist.is_main():
-        model.save(release)
+        released.save(release)
         run.log(f"wrote {release}")
     dist.barrier()
     return release
