@@ -109,8 +109,8 @@ def test_region_boxes_cover_each_frames_mouth_and_eyes(synth_dataset):
     sampler = ClipSampler(records, 1, 64, False, bank=3, regions=True, margin=0)
     _, box = sampler.sample_with_box(6, np.random.default_rng(0))
     assert box.shape == (6, 1, 1, 64, 64) and set(box.unique().tolist()) == {0.0, 1.0}
-    masks = sampler._masks
     n = sampler._frame_bank().shape[0]
+    masks = np.stack([[sampler.region_mask(c, k) for k in range(3)] for c in range(n)])
     assert masks.shape == (n, 3, 64, 64)
     geo = synthtalk_regions(load_track(records[0]), 64)
     pick = np.linspace(0, records[0]["frames"] - 1, 3).round().astype(int)

@@ -52,7 +52,7 @@ class ClipSampler:
         if regions and not bank:
             raise ReadtalkError("per-frame mouth and eye boxes need a frame bank (frame_bank=N)")
         self.bank, self.progress, self.regions, self.margin = bank, progress, regions, margin
-        self._masks: np.ndarray | None = None  # (clips, bank, H, W) uint8 with ``regions``
+        self._regions: np.ndarray | None = None  # (clips, bank, K, 4) boxes with ``regions``
         self._bank: np.ndarray | None = None  # (clips, bank, H, W, 3) uint8, made on first use
         self.records, self.frames, self.size, self.flip = records, frames, size, flip
         self.crop, self.crop_mouth, self.mouth_box = crop, crop_mouth, mouth_box
@@ -67,7 +67,7 @@ class ClipSampler:
 
     def _frame_bank(self) -> np.ndarray:
         if self._bank is None:
-            frames, masks = [], []
+            frames, regions = [], []
             for rec in tqdm(
                 self.records, desc="frame bank", unit="clip", disable=not self.progress
             ):
@@ -75,25 +75,31 @@ class ClipSampler:
                 pick = np.linspace(0, len(video) - 1, self.bank).round().astype(int)
                 frames.append(fit_size(video[pick], self.size))
                 if self.regions:
-                    masks.append(self._region_masks(rec, pick, frames[-1].shape[1:3]))
+                    regions.append(self._region_boxes(rec, pick, frames[-1].shape[1]))
             self._bank = np.stack(frames)
-            self._masks = np.stack(masks) if masks else None
+            self._regions = np.stack(regions) if regions else None
         return self._bank
 
-    def _region_masks(self, rec: dict, pick: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """(len(pick), H, W) uint8: 1 inside the picked frames' mouth and eye boxes."""
+    def _region_boxes(self, rec: dict, pick: np.ndarray, size: int) -> np.ndarray:
+        """(len(pick), K, 4) pixel boxes (x0, y0, x1, y1) of the picked frames' mouth and eyes."""
         track = load_track(rec)
         if not has_geometry(track):
             raise ReadtalkError(
                 f"clip {rec['id']} has no SynthTalk geometry in its track: per-frame mouth and "
                 "eye boxes (region_boxes=true) need SynthTalk data"
             )
-        boxes = synthtalk_regions(track, shape[0])
-        out = np.zeros((len(pick), *shape), np.uint8)
-        m = self.margin
-        for n, f in enumerate(pick):
-            for x0, y0, x1, y1 in np.concatenate([boxes["mouth"][f], boxes["eyes"][f]]):
-                out[n, max(y0 - m, 0) : y1 + m, max(x0 - m, 0) : x1 + m] = 1
+        boxes = synthtalk_regions(track, size)
+        return np.concatenate([boxes["mouth"], boxes["eyes"]], axis=1)[pick]
+
+    def region_mask(self, clip: int, frame: int) -> np.ndarray:
+        """(H, W) uint8 of bank frame ``frame`` of clip ``clip``: 1 inside its mouth and eye
+        boxes grown by ``margin`` pixels (``regions`` only)."""
+        if self._regions is None:
+            raise ReadtalkError("this sampler has no per-frame regions (regions=True, a bank)")
+        h, w = self._frame_bank().shape[2:4]
+        out, m = np.zeros((h, w), np.uint8), self.margin
+        for x0, y0, x1, y1 in self._regions[clip, frame]:
+            out[max(y0 - m, 0) : y1 + m, max(x0 - m, 0) : x1 + m] = 1
         return out
 
     def _offsets(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -122,8 +128,9 @@ class ClipSampler:
     def sample_with_box(
         self, batch: int, rng: np.random.Generator, part: slice = slice(None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sample``'s windows (B, 3, F, h, w) and where ``mouth_box`` lies in each of them
-        (B, 1, 1, h, w: 1 inside, 0 outside), after its crop and flip."""
+        """``sample``'s windows (B, 3, F, h, w) and where ``mouth_box`` (with ``regions``: the
+        frame's own mouth and eye boxes) lies in each of them (B, 1, 1, h, w: 1 inside, 0
+        outside), after its crop and flip."""
         keep = range(batch)[part]
         out, boxes, n = [], [], 0
         while n < batch:
@@ -133,7 +140,7 @@ class ClipSampler:
                 pick = (float(rng.uniform()), float(rng.uniform())) if self.crop else None
                 if n in keep:
                     bank = self._frame_bank()
-                    region = None if self._masks is None else self._masks[i, j]
+                    region = None if self._regions is None else self.region_mask(i, j)
                     self._add(bank[i, j][None], flip, pick, out, boxes, region)
                 n += 1
                 continue
