@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from readtalk.cli import main
-from readtalk.live import bench_stream, pcm_pieces, run_live, speech_for
+from readtalk.errors import ReadtalkError
+from readtalk.live import bench_stream, frame_timing, pcm_pieces, run_live, speech_for
 from readtalk.media import SAMPLES_PER_FRAME, load_audio, probe, read_video, save_wav
 from readtalk.pipeline import Pipeline
 from test_pipeline import _face, _speech, _write_models
@@ -87,6 +88,19 @@ def test_bench_stream_reports_latency_and_writes_json(model_dir, tmp_path, capsy
     paced = bench_stream(pipe, _face(), _speech(8000), chunk_ms=40, paced=True)
     assert paced.paced and paced.frames == 13 and paced.rtf >= 0.45  # 0.5 s of speech, paced
     assert main(["bench", "stream", "--model", str(model_dir), "--chunk-ms", "0"]) == 2
+
+
+def test_a_playback_buffer_moves_the_start_and_absorbs_late_frames():
+    # frames 0-8 ready at 0.5 s, frames 9-16 at 0.9 s: 0.5 + 9 / 25 = 0.86 s was their due time
+    ready = [0.5] * 9 + [0.9] * 8
+    bare = frame_timing(ready)
+    assert bare["first_frame_s"] == bare["start_s"] == 0.5 and bare["underruns"] == 1
+    assert bare["lateness_max_s"] == pytest.approx(0.04)
+    held = frame_timing(ready, 0.05)
+    assert held["start_s"] == pytest.approx(0.55) and held["underruns"] == 0
+    assert held["first_frame_s"] == 0.5 and held["lateness_max_s"] == pytest.approx(-0.01)
+    with pytest.raises(ReadtalkError, match="buffer"):
+        bench_stream(None, None, None, buffer_s=-1)
 
 
 def test_speech_for_has_speech_and_pauses():

@@ -42,7 +42,8 @@ def _random_dit(seed: int = 0) -> A2VDiT:
     return dit
 
 
-def _write_models(root, vae_preset_channels: int | None = None):
+def _write_models(root, vae_preset_channels: int | None = None, **diffusion):
+    """A debug model folder; ``diffusion``: more entries of the DiT release's settings."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
     vae = VideoVAE("debug")
@@ -61,7 +62,7 @@ def _write_models(root, vae_preset_channels: int | None = None):
         latent_mean=[0.1] * 8,
         latent_std=[0.5] * 8,
         diffusion={"steps": STEPS, "shift": 1.0, "motion_latents": 1, "clip_frames": CLIP,
-                   "size": SIZE},
+                   "size": SIZE, **diffusion},
     )  # fmt: skip
     return root
 

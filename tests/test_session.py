@@ -46,16 +46,23 @@ def _stream(pipe, speech, sizes, **kw) -> tuple[list[np.ndarray], list[int]]:
     return frames, counts
 
 
-@pytest.mark.parametrize("piece", ["one sample", "20 ms", "random", "whole"])
-def test_streaming_equals_offline(pipe, speech, offline, piece):
-    rng = np.random.default_rng(3)
-    sizes = {
+PIECES = ["one sample", "20 ms", "random", "whole"]
+
+
+def piece_sizes(piece: str, total: int, seed: int = 3) -> list[int]:
+    """The sizes of the pieces a test pushes (cycled)."""
+    rng = np.random.default_rng(seed)
+    return {
         "one sample": [1],
         "20 ms": [320],
         "random": list(rng.integers(1, 3000, 64)),
-        "whole": [len(speech)],
+        "whole": [total],
     }[piece]
-    frames, _ = _stream(pipe, speech, sizes)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_streaming_equals_offline(pipe, speech, offline, piece):
+    frames, _ = _stream(pipe, speech, piece_sizes(piece, len(speech)))
     assert len(frames) == frames_for_samples(len(speech)) == len(offline) == 41
     assert all(f.shape == (SIZE, SIZE, 3) and f.dtype == np.uint8 for f in frames)
     diff = np.abs(np.stack(frames).astype(int) - offline.astype(int)).max()

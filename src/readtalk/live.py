@@ -4,9 +4,11 @@ fed like a microphone).
 
 Timing terms (docs/streaming.md): a frame is *ready* when ``Session.push`` / ``flush`` returns
 it. ``first_frame_s`` is the wall time from the first sample pushed to the first frame ready.
-Playback starts when the first frame is ready, so frame ``i`` is *due* at
-``first_frame_s + i / 25``; its *lateness* is ready minus due (negative: early), and a frame
-ready after it was due is an *underrun* (the viewer would see a freeze).
+Playback starts ``buffer_s`` after the first frame is ready (a player's jitter buffer; 0 by
+default), at ``start_s = first_frame_s + buffer_s``, the delay the viewer sees between the
+first sound and the first picture; frame ``i`` is *due* at ``start_s + i / 25``. Its
+*lateness* is ready minus due (negative: early), and a frame ready after it was due is an
+*underrun* (the viewer would see a freeze).
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class StreamReport:
     rss_end_mb: float
     clip_frames: int
     steps: int
+    buffer_s: float = 0.0  # playback starts this long after the first frame is ready
+    start_s: float = 0.0  # first sample -> playback start (first_frame_s + buffer_s)
+    schedule: str = "clips"
     # after the first WARM_FRAMES frames (the models' and the allocator's working set is
     # built by then; growth after it is what an hours-long session would keep adding)
     rss_warm_mb: float | None = None
@@ -107,9 +112,15 @@ class StreamReport:
         return [
             f"stream: {self.audio_s:.1f} s of speech in {self.chunk_ms:g}-ms pieces "
             f"({'paced like a microphone' if self.paced else 'as fast as possible'}), "
-            f"{self.frames} frames, clips of {self.clip_frames} frames, {self.steps} steps",
-            f"  first frame {self.first_frame_s:.3f} s after the first sample; "
-            f"real-time factor {self.rtf:.3f}",
+            f"{self.frames} frames, "
+            + (
+                "rolling schedule"
+                if self.schedule == "rolling"
+                else f"clips of {self.clip_frames} frames"
+            )
+            + f", {self.steps} steps",
+            f"  first frame {self.first_frame_s:.3f} s after the first sample; playback from "
+            f"{self.start_s:.3f} s (buffer {self.buffer_s:.3f} s); real-time factor {self.rtf:.3f}",
             f"  lateness p50 {self.lateness_p50_s:+.3f} s, p95 {self.lateness_p95_s:+.3f} s, "
             f"max {self.lateness_max_s:+.3f} s; underruns {self.underruns}",
             f"  RSS {self.rss_start_mb:.0f} MB -> {self.rss_end_mb:.0f} MB"
@@ -135,8 +146,11 @@ def rss_mb(pid: int | None = None) -> float:
 class _Clock:
     """Ready times of frames against a start, and pacing of the speech on the wall clock."""
 
-    def __init__(self, paced: bool) -> None:
+    def __init__(self, paced: bool, buffer_s: float = 0.0) -> None:
+        if buffer_s < 0:
+            raise ReadtalkError(f"the playback buffer must be >= 0 s, got {buffer_s}")
         self.paced = paced
+        self.buffer_s = buffer_s
         self.t0 = time.perf_counter()
         self.samples = 0
         self.ready: list[float] = []
@@ -164,23 +178,26 @@ class _Clock:
         audio_s = self.samples / SAMPLE_RATE
         return StreamReport(
             audio_s=audio_s, frames=len(self.ready), chunk_ms=chunk_ms, paced=self.paced,
-            wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready),
+            wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready, self.buffer_s),
             rss_start_mb=rss0, rss_end_mb=rss_mb(), clip_frames=pipe_settings.clip_frames,
-            steps=pipe_settings.steps, rss_warm_mb=self.rss_warm,
+            steps=pipe_settings.steps, rss_warm_mb=self.rss_warm, buffer_s=self.buffer_s,
+            schedule=pipe_settings.schedule,
         )  # fmt: skip
 
 
-def frame_timing(ready: list[float] | np.ndarray) -> dict[str, float | int]:
-    """Frame ``k`` ready at ``ready[k]`` seconds after the first sample was sent, played from
-    the first frame on at 25 fps: ``first_frame_s``, its lateness (ready time minus play
-    time) p50 / p95 / max, and ``underruns`` (frames not ready when due)."""
+def frame_timing(ready: list[float] | np.ndarray, buffer_s: float = 0.0) -> dict[str, float | int]:
+    """Frame ``k`` ready at ``ready[k]`` seconds after the first sample was sent, played at 25
+    fps from ``buffer_s`` after the first frame on: ``first_frame_s``, ``start_s``, the
+    lateness (ready time minus play time) p50 / p95 / max, and ``underruns`` (frames not ready
+    when due)."""
     ready = np.asarray(ready, np.float64)
     if len(ready) == 0:
         raise ReadtalkError("no frames were generated")
     first = float(ready[0])
-    late = ready - (first + np.arange(len(ready)) / FPS)
+    start = first + buffer_s
+    late = ready - (start + np.arange(len(ready)) / FPS)
     return {
-        "first_frame_s": first, "lateness_p50_s": float(np.percentile(late, 50)),
+        "first_frame_s": first, "start_s": start, "lateness_p50_s": float(np.percentile(late, 50)),
         "lateness_p95_s": float(np.percentile(late, 95)), "lateness_max_s": float(late.max()),
         "underruns": int((late > 1e-3).sum()),
     }  # fmt: skip
@@ -251,11 +268,15 @@ def bench_stream(
     *,
     chunk_ms: float = 20.0,
     paced: bool = False,
+    buffer_s: float = 0.0,
 ) -> StreamReport:
-    """Feed ``audio`` to a session in ``chunk_ms`` pieces and time every frame (no file)."""
+    """Feed ``audio`` to a session in ``chunk_ms`` pieces and time every frame (no file),
+    played from ``buffer_s`` after the first frame (module docstring)."""
     chunk = chunk_samples(chunk_ms)
+    if buffer_s < 0:
+        raise ReadtalkError(f"the playback buffer must be >= 0 s, got {buffer_s}")
     session = pipe.stream(image, settings)
-    clock, rss0 = _Clock(paced), rss_mb()
+    clock, rss0 = _Clock(paced, buffer_s), rss_mb()
     _drive(session, pieces(audio, chunk), clock)
     return clock.report(session.settings, chunk_ms, rss0)
 

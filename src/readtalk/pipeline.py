@@ -41,7 +41,6 @@ from tqdm import tqdm
 
 from readtalk.data import faces
 from readtalk.device import resolve_device, resolve_dtype
-from readtalk.diffusion.ans import plan_clips
 from readtalk.dit.release import DiTRelease, load_dit_release
 from readtalk.errors import PortraitWarning, ReadtalkError
 from readtalk.media import (
@@ -59,9 +58,10 @@ from readtalk.media import (
 )
 from readtalk.onnx_runtime import RUNTIMES, use_onnx
 from readtalk.release import default_model_dir, read_model_folder
-from readtalk.session import GenerationModels, Session
+from readtalk.session import GenerationModels, Session, plan_windows
 from readtalk.settings import DEFAULT_SIZE, GenerationSettings
 from readtalk.speech.frontend import FEATURE_RATE, load_front_end
+from readtalk.speech.rolling import SpeechWindow
 from readtalk.speech.speechae import load_speechae
 from readtalk.vae.factorised import load_vae
 
@@ -193,6 +193,7 @@ class Pipeline:
             latent_std=None if std is None else std.to(self.device),
             device=self.device,
             dtype=self.dtype,
+            speech_window=SpeechWindow.from_meta(dit.diffusion.get("speech_window")),
         )
         self.defaults = {**dit.diffusion, **(defaults or {})}
         self.size = int(self.defaults.get("size", DEFAULT_SIZE))
@@ -406,7 +407,7 @@ class Pipeline:
         """A session for a whole recording of ``samples``, with a progress bar over its
         clips' steps; ``on_progress(fraction done)`` after every step."""
         tf = self.vae.temporal_factor
-        clips = len(plan_clips(frames_for_samples(samples), st.clip_latents(tf), st.motion_latents))
+        clips = len(plan_windows(st, frames_for_samples(samples), tf))
         total = clips * st.steps
         bar = tqdm(total=total, desc="generate", unit="step", disable=not progress)
 
@@ -484,7 +485,7 @@ class Pipeline:
 def _feed(session: Session, bar: tqdm, audio: np.ndarray) -> Iterator[np.ndarray]:
     """A whole recording through ``session``, one clip's worth of new speech at a time (so
     memory stays bounded); closes the progress bar at the end."""
-    piece = (session.settings.clip_frames - 1) * SAMPLES_PER_FRAME
+    piece = max(session.settings.clip_frames - 1, 64) * SAMPLES_PER_FRAME
     try:
         for start in range(0, len(audio), piece):
             yield from session.push(audio[start : start + piece])

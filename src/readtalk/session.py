@@ -19,6 +19,12 @@ training), so they are the same whether the audio came in one piece or in sample
 pads the last clip's audio with silence and drops its surplus frames: exactly one frame per
 started 40 ms of speech (``media.frames_for_samples``).
 
+**Rolling schedule** (``settings.schedule = "rolling"``, ``diffusion.next_rolling``): each
+DiT window makes one new 8-frame latent after the ``context_latents`` before it, as soon as
+its audio and the speech window's lookahead have arrived; the speech codes are per latent
+(``speech.rolling``), each computed once. The clip rules below hold with "clip" read as
+"window".
+
 **Decoding.** A later clip's new latents are decoded after the last ``decode_context``
 latents before them, so the causal VAE decoder continues one latent sequence instead of
 starting afresh at every clip.
@@ -40,15 +46,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from readtalk.diffusion.ans import ClipWindow, next_clip, overlap_frames, sample_clip
+from readtalk.diffusion.ans import (
+    ClipWindow,
+    next_clip,
+    next_rolling,
+    overlap_frames,
+    plan_clips,
+    plan_rolling,
+    sample_clip,
+)
 from readtalk.diffusion.flow import timestep_schedule
 from readtalk.errors import ReadtalkError
 from readtalk.media import SAMPLES_PER_FRAME, as_audio, frames_for_samples, to_tensor, to_uint8
 from readtalk.profiling import StageTimes
 from readtalk.settings import GenerationSettings
+from readtalk.speech.rolling import SpeechWindow, latent_codes
 from readtalk.speech.speechae import window_codes
 
-__all__ = ["GenerationModels", "Session"]
+__all__ = ["GenerationModels", "Session", "plan_windows"]
+
+
+def plan_windows(
+    settings: GenerationSettings, total_frames: int, temporal_factor: int = 8
+) -> list[ClipWindow]:
+    """The DiT windows ``settings`` make for a video of ``total_frames`` (a session makes them
+    one by one as the speech arrives)."""
+    st, tf = settings, temporal_factor
+    if st.schedule == "rolling":
+        return plan_rolling(total_frames, st.context_latents, temporal_factor=tf)
+    return plan_clips(total_frames, st.clip_latents(tf), st.motion_latents, temporal_factor=tf)
 
 
 @dataclass
@@ -66,6 +92,9 @@ class GenerationModels:
     latent_std: Tensor | None
     device: torch.device
     dtype: torch.dtype
+    # the DiT's speech codes: one per latent from a short window (speech.rolling), or None: one
+    # code sequence per window's own audio (speechae.window_codes)
+    speech_window: SpeechWindow | None = None
 
     def normalize(self, z: Tensor) -> Tensor:
         if self.latent_mean is None:
@@ -104,7 +133,15 @@ class Session:
         self.models = models
         self.settings = settings
         self._tf = models.vae.temporal_factor
+        self._rolling = settings.schedule == "rolling"
+        self._sw = models.speech_window
+        if self._rolling and self._sw is None:
+            raise ReadtalkError(
+                "the rolling schedule needs a DiT trained for it (per-latent speech codes); "
+                "this model has clip-window codes: use schedule='clips'"
+            )
         self._clip_latents = settings.clip_latents(self._tf)
+        self._codes_of: dict[int, Tensor] = {}  # rolling: speech code of each recent latent
         self._on_step = on_step
         self._schedule = timestep_schedule(settings.steps, settings.shift)
         self._guidance = settings.guidance_config()
@@ -128,7 +165,8 @@ class Session:
         self.closed = False
         # what a clip carries to the next: the last ``ov`` decoded frames (the next motion),
         # the last ``keep`` latents and the VAE's decoding state (the decoder's context)
-        self._ov = overlap_frames(settings.motion_latents, self._tf)
+        motion = settings.context_latents if self._rolling else settings.motion_latents
+        self._ov = overlap_frames(motion, self._tf)
         self._tail: Tensor | None = None
         self._prev: Tensor | None = None  # the previous clip's latents
         self._keep = min(settings.decode_context, models.vae.config.decoder_context)
@@ -150,9 +188,10 @@ class Session:
             self._pending.append(x.copy())
             self.samples_in += len(x)
             out: list[np.ndarray] = []
+            ahead = self._sw.lookahead if self._sw is not None else 0
             while True:
                 window = self._next_window(None)
-                if window.frame_stop * SAMPLES_PER_FRAME > self.samples_in:
+                if (window.frame_stop + ahead) * SAMPLES_PER_FRAME > self.samples_in:
                     return out
                 out.extend(self._run(window))
 
@@ -189,6 +228,11 @@ class Session:
     # ---- clips
 
     def _next_window(self, rest: int | None) -> ClipWindow:
+        if self._rolling:
+            return next_rolling(
+                self.clips, self.frames_out, self.settings.context_latents, rest,
+                temporal_factor=self._tf,
+            )  # fmt: skip
         return next_clip(
             self.clips, self.frames_out, self._clip_latents, self.settings.motion_latents,
             rest, temporal_factor=self._tf,
@@ -199,8 +243,10 @@ class Session:
             frames = [f for run in self._clip(window) for f in run]
         self.clips += 1
         self.frames_out += len(frames)
-        # the next clip starts with this one's overlap: older audio is not needed again
-        drop = (self.frames_out - self._ov) * SAMPLES_PER_FRAME - self._offset
+        # the next clip starts with this one's overlap (and a per-latent code hears up to
+        # ``context`` frames before its latent): older audio is not needed again
+        keep = self._ov + (self._sw.context if self._sw is not None else 0)
+        drop = (self.frames_out - keep) * SAMPLES_PER_FRAME - self._offset
         if drop > 0:
             self._buffer = self._buffer[drop:]
             self._offset += drop
@@ -211,12 +257,38 @@ class Session:
         if self._pending:
             self._buffer = np.concatenate([self._buffer, *self._pending])
             self._pending = []
+        md = self.models
+        if self._sw is not None:
+            with self.times.stage("speech"):
+                return self._latent_codes(window)
         start = window.frame_start * SAMPLES_PER_FRAME - self._offset
         assert start >= 0, "audio of a clip window was dropped too early"
         audio = self._buffer[start : start + window.frames * SAMPLES_PER_FRAME]
         with self.times.stage("speech"):
-            md = self.models
             return window_codes(md.speechae, md.front_end, audio, 0, window.frames)
+
+    def _latent_codes(self, window: ClipWindow) -> Tensor:
+        """(1, f, A) per-latent codes (``speech.rolling``): by global latent in the rolling
+        schedule (each computed once), by window latent in the clip schedule (the cache's
+        rule for a window starting at ``frame_start``)."""
+        md, sw = self.models, self._sw
+        assert sw is not None
+        if not self._rolling:
+            return latent_codes(
+                md.speechae, md.front_end, self._buffer, range(window.latents), sw,
+                audio_start=self._offset, frame_origin=window.frame_start,
+            )  # fmt: skip
+        first = 0 if window.index == 0 else window.index + 1 - window.motion_latents
+        wanted = range(first, first + window.latents)
+        new = [g for g in wanted if g not in self._codes_of]
+        if new:
+            codes = latent_codes(
+                md.speechae, md.front_end, self._buffer, new, sw, audio_start=self._offset
+            )  # fmt: skip
+            self._codes_of.update({g: codes[:, i] for i, g in enumerate(new)})
+        for g in [g for g in self._codes_of if g < first]:
+            del self._codes_of[g]
+        return torch.stack([self._codes_of[g] for g in wanted], dim=1)
 
     def _motion(self, window: ClipWindow) -> Tensor | None:
         m = window.motion_latents
@@ -279,3 +351,4 @@ class Session:
         self._pending = []
         self._tail = self._history = self._prev = None
         self._decode_state = {}
+        self._codes_of = {}

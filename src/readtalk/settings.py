@@ -35,6 +35,7 @@ DECODE_CONTEXT = 8
 GROUP_BLEND = 2
 DEFAULT_SIZE = 256  # frame size of a model that records none
 MOTION_FROM = ("frames", "latents")
+SCHEDULES = ("clips", "rolling")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class GenerationSettings:
     clip the causal VAE decoder continues from (0: every clip decoded on its own, the
     ablation). ``group_blend``: frames over which a factorised VAE spreads the step into each
     8-frame group (0: as decoded). ``seed``: the noise of every clip comes from one generator
-    seeded with it.
+    seeded with it. ``schedule``: ``"clips"`` (the above) or ``"rolling"`` (one 8-frame latent
+    per DiT window, after ``context_latents`` it has made; ``diffusion.next_rolling``, for a
+    model trained for it: docs/streaming.md); the clip settings are then unused.
     """
 
     steps: int = DEFAULT_STEPS
@@ -67,6 +70,8 @@ class GenerationSettings:
     group_blend: int = GROUP_BLEND
     seed: int = 0
     ans: bool = True
+    schedule: str = "clips"
+    context_latents: int = 2
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -85,6 +90,12 @@ class GenerationSettings:
             )
         if self.motion_latents < 0:
             raise ReadtalkError(f"motion latents must be >= 0, got {self.motion_latents}")
+        if self.schedule not in SCHEDULES:
+            raise ReadtalkError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.context_latents < 1:
+            raise ReadtalkError(f"context latents must be >= 1, got {self.context_latents}")
         self.guidance_config()  # finite scales
 
     # ---- building

@@ -219,7 +219,9 @@ def cmd_bench_stream(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image = a.image or synth_inputs(Path(tmp), pipe.size, a.seed)["image"]
         audio = load_audio(a.audio) if a.audio else speech_for(a.seconds, a.seed)
-        rep = bench_stream(pipe, image, audio, st, chunk_ms=a.chunk_ms, paced=a.paced)
+        rep = bench_stream(
+            pipe, image, audio, st, chunk_ms=a.chunk_ms, paced=a.paced, buffer_s=a.buffer_ms / 1e3
+        )  # fmt: skip
     print("\n".join(rep.lines()))
     if a.json:
         Path(a.json).write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
@@ -287,6 +289,13 @@ def register(sub) -> None:
     p.add_argument("--image", help="portrait (default: a new SynthTalk identity)")
     p.add_argument("--paced", action="store_true", help="feed in real time, as a microphone")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="piece size in milliseconds")
+    p.add_argument(
+        "--buffer-ms",
+        type=float,
+        default=0.0,
+        help="the player starts this long after the first frame is ready (a jitter buffer); "
+        "lateness and underruns count from there",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     add_model_args(p)
     add_settings_args(p)

@@ -165,6 +165,20 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
         "--no-ans", action="store_true", help="plain chunking without motion frames (ablation)"
     )
     p.add_argument(
+        "--schedule",
+        choices=("clips", "rolling"),
+        default=None,
+        help="clips of --clip-frames, or rolling: one 8-frame latent at a time, for low latency "
+        "(a model trained for it; default: the model's)",
+    )
+    p.add_argument(
+        "--context-latents",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rolling schedule: latents a new one is generated after (default: the model's)",
+    )
+    p.add_argument(
         "--motion-from",
         choices=("frames", "latents"),
         default=None,
@@ -195,5 +209,6 @@ def settings_overrides(a: argparse.Namespace) -> dict:
         "steps": a.steps, "guidance": a.cfg, "alpha": a.alpha, "beta": a.beta, "gamma": a.gamma,
         "seed": a.seed, "clip_frames": a.clip_frames, "ans": not a.no_ans,
         "motion_from": a.motion_from, "decode_context": a.decode_context,
-        "group_blend": a.group_blend,
+        "group_blend": a.group_blend, "schedule": a.schedule,
+        "context_latents": a.context_latents,
     }  # fmt: skip

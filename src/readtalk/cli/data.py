@@ -155,6 +155,8 @@ def cmd_cache(a: argparse.Namespace) -> None:
         latents_from=a.latents_from or "",
         augment=a.augment,
         augment_seed=a.augment_seed,
+        speech_context=a.speech_context,
+        speech_lookahead=a.speech_lookahead,
     )
     meta_path = build_cache(cfg, a.out, progress=not a.quiet, device=a.device)
     meta = json.loads(meta_path.read_text())
@@ -196,6 +198,19 @@ def _add_cache(sub) -> None:
         "microphone (timing kept; docs/stage1.md, Speech augmentation)",
     )
     p.add_argument("--augment-seed", type=int, default=0, help="which clips, and how")
+    p.add_argument(
+        "--speech-context",
+        type=int,
+        default=0,
+        help="frames of audio per latent for the rolling schedule's per-latent speech codes "
+        "(e.g. 50; 0: one code per window's own audio, the clip schedule; docs/streaming.md)",
+    )
+    p.add_argument(
+        "--speech-lookahead",
+        type=int,
+        default=2,
+        help="frames of audio after a latent that its code hears (rolling schedule)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache)

@@ -55,7 +55,8 @@ from readtalk.errors import ReadtalkError
 from readtalk.media import fit_size, load_audio, probe, read_image, read_video, to_tensor
 from readtalk.release import atomic_save, release_path
 from readtalk.speech.frontend import load_front_end
-from readtalk.speech.speechae import load_speechae, window_codes
+from readtalk.speech.rolling import SpeechWindow, codes_for_window
+from readtalk.speech.speechae import load_speechae
 from readtalk.vae.factorised import load_vae
 
 FORMAT = "readtalk.cache/1"
@@ -75,6 +76,10 @@ class CacheConfig:
     latents_from: str = ""  # a finished cache of the same windows to take the latents from
     augment: float = 0.0  # fraction of clips whose speech is augmented (data.augment)
     augment_seed: int = 0
+    # > 0: per-latent speech codes for the rolling schedule (speech.rolling): a short Whisper
+    # pass of this many frames per latent, ending speech_lookahead frames after it
+    speech_context: int = 0
+    speech_lookahead: int = 2
 
     def validate(self) -> None:
         if self.frames < 9 or (self.frames - 1) % 8:
@@ -89,6 +94,15 @@ class CacheConfig:
             raise ReadtalkError(f"--augment is a fraction of the clips, got {self.augment}")
         if not self.vae and not self.latents_from:
             raise ReadtalkError("give --vae (or --latents-from a cache of the same windows)")
+        if self.speech_window is not None:
+            self.speech_window.validate()
+
+    @property
+    def speech_window(self) -> SpeechWindow | None:
+        """The rolling schedule's speech window, or None (one code per clip window's audio)."""
+        if not self.speech_context:
+            return None
+        return SpeechWindow(self.speech_context, self.speech_lookahead)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -174,12 +188,12 @@ def _per_frame(values: list | None, start: int, frames: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae) -> dict:
+def _encode_window(clip: dict, start: int, frames: int, vae, front_end, speechae, sw=None) -> dict:
 
     video = to_tensor(clip["video"][start : start + frames])[None].to(vae.device)
     latent = vae.encode(video)[0]  # (C, f, h, w), posterior mean
     ref = vae.encode(to_tensor(clip["ref"])[None].to(vae.device))[0]  # (C, 1, h, w)
-    codes = window_codes(speechae, front_end, clip["audio"], start, frames)[0]  # (f, A)
+    codes = codes_for_window(speechae, front_end, clip["audio"], start, frames, sw)  # (f, A)
     return {
         "latent": latent.half().cpu(),
         "ref": ref.half().cpu(),
@@ -216,7 +230,7 @@ def _latent_source(cfg: CacheConfig, manifest_sha: str) -> tuple[Path, dict]:
 
 @torch.no_grad()
 def _recode_shard(
-    path: Path, shard: list, frames: int, front_end, speechae, bar, speech: ClipSpeech
+    path: Path, shard: list, frames: int, front_end, speechae, bar, speech: ClipSpeech, sw=None
 ) -> dict:
     """Shard ``path`` of an older cache with its speech codes replaced by ``speechae``'s."""
 
@@ -231,7 +245,7 @@ def _recode_shard(
     for rec, start in shard:
         if rec["id"] != key:
             audio, key = speech(rec), rec["id"]
-        codes.append(window_codes(speechae, front_end, audio, start, frames)[0].float().cpu())
+        codes.append(codes_for_window(speechae, front_end, audio, start, frames, sw).float().cpu())
         bar.update(1)
     data["audio"] = torch.stack(codes)
     return data
@@ -299,6 +313,8 @@ def _settings(
         del settings["latents_from"]
     if not cfg.augment:  # ... and before --augment
         del settings["augment"], settings["augment_seed"]
+    if not cfg.speech_context:  # ... and before the rolling schedule's speech codes
+        del settings["speech_context"], settings["speech_lookahead"]
     return settings
 
 
@@ -326,13 +342,14 @@ def _claim_folder(out: Path, settings: dict) -> None:
 
 
 def _encode_shard(
-    shard: list, reader: _ClipReader, frames: int, vae, front_end, speechae, bar
+    shard: list, reader: _ClipReader, frames: int, vae, front_end, speechae, bar, sw=None
 ) -> dict:
     """The windows of ``shard`` encoded with the VAE and the SpeechAE, stacked."""
 
     items = []
     for rec, start in shard:
-        items.append(_encode_window(reader.get(rec), start, frames, vae, front_end, speechae))
+        clip = reader.get(rec)
+        items.append(_encode_window(clip, start, frames, vae, front_end, speechae, sw))
         bar.update(1)
     data = {key: torch.stack([it[key] for it in items]) for key in items[0]}
     data["ids"] = [rec["id"] for rec, _ in shard]
@@ -352,6 +369,7 @@ class _ShardMaker:
     vae: Any  # None with src
     src: Path | None
     reader: _ClipReader
+    speech_window: SpeechWindow | None = None
 
     def __call__(self, name: str, shard: list, bar) -> dict:
         if self.src:
@@ -363,10 +381,12 @@ class _ShardMaker:
                 self.speechae,
                 bar,
                 self.reader.speech,
+                self.speech_window,
             )
         return _encode_shard(
-            shard, self.reader, self.frames, self.vae, self.front_end, self.speechae, bar
-        )
+            shard, self.reader, self.frames, self.vae, self.front_end, self.speechae, bar,
+            self.speech_window,
+        )  # fmt: skip
 
 
 def _write_shards(
@@ -448,7 +468,14 @@ def _meta(
         "speechae": {"path": settings["speech"], "sha256": settings["speech_sha256"]},
         "latent_mean": stats.mean,
         "latent_std": stats.std,
+        "speech_window": _meta_window(settings),
     }
+
+
+def _meta_window(settings: dict) -> dict | None:
+    """The rolling schedule's speech window the codes were made with (None: clip codes)."""
+    ctx = int(settings.get("speech_context") or 0)
+    return {"context": ctx, "lookahead": int(settings["speech_lookahead"])} if ctx else None
 
 
 def build_cache(
@@ -478,6 +505,7 @@ def build_cache(
         vae,
         src,
         _ClipReader(cfg.size, ClipSpeech(cfg.augment, cfg.augment_seed)),
+        cfg.speech_window,
     )
     names = _write_shards(out, windows, cfg.shard_size, make, progress)
 

@@ -87,8 +87,10 @@ __all__ = [
     "ans_train_timesteps",
     "iter_clips",
     "next_clip",
+    "next_rolling",
     "overlap_frames",
     "plan_clips",
+    "plan_rolling",
     "sample_clip",
     "stitch_frames",
 ]
@@ -349,6 +351,52 @@ def next_clip(
     frames = 1 + tf * (latents - 1)
     stop = frames if rest is None else min(frames, ov + rest)
     return ClipWindow(index, covered - ov, latents, m, ov, stop, tf)
+
+
+def next_rolling(
+    index: int,
+    covered: int,
+    context: int,
+    rest: int | None = None,
+    *,
+    temporal_factor: int = TEMPORAL_FACTOR,
+) -> ClipWindow:
+    """Window ``index`` of the rolling schedule once ``covered`` output frames exist: window 0
+    is the video's first two latents (frames 0-8), both new; window ``k >= 1`` makes global
+    latent ``g = k + 1`` (frames ``8g - 7 .. 8g``) after the ``m = min(context, g)`` latents
+    before it, which are its motion latents. Each window is a ``ClipWindow`` whose first latent
+    stands, as in the clip plans, for one frame (the last of its 8), so its decoded frames
+    ``[keep_start, keep_stop)`` are the new latent's. ``rest`` as in ``next_clip``. The
+    windows of a video are these in a row until ``covered`` reaches its frames
+    (``plan_rolling``)."""
+    tf = int(temporal_factor)
+    if int(context) != context or context < 1:
+        raise ReadtalkError(f"the rolling schedule needs >= 1 context latent, got {context}")
+    if index == 0:
+        frames = 1 + tf
+        return ClipWindow(0, 0, 2, 0, 0, frames if rest is None else min(frames, rest), tf)
+    m = min(int(context), index + 1)
+    ov = overlap_frames(m, tf)
+    frames = 1 + tf * m
+    stop = frames if rest is None else min(frames, ov + rest)
+    return ClipWindow(index, covered - ov, m + 1, m, ov, stop, tf)
+
+
+def plan_rolling(
+    total_frames: int, context: int, *, temporal_factor: int = TEMPORAL_FACTOR
+) -> list[ClipWindow]:
+    """The rolling schedule's windows (``next_rolling``) of a video of ``total_frames``."""
+    if int(total_frames) != total_frames or total_frames < 1:
+        raise ReadtalkError(f"a video needs at least one frame, got {total_frames}")
+    plan: list[ClipWindow] = []
+    covered = 0
+    while covered < total_frames:
+        w = next_rolling(
+            len(plan), covered, context, total_frames - covered, temporal_factor=temporal_factor
+        )
+        plan.append(w)
+        covered = w.out_stop
+    return plan
 
 
 def stitch_frames(clips: Sequence[Tensor], plan: Sequence[ClipWindow], dim: int = 2) -> Tensor:

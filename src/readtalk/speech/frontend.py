@@ -335,6 +335,21 @@ class WhisperFrontEnd(_FrontEndBase):
         # torch.save writes all of it) for every short clip
         return out[:, :t50].clone() if t50 < span else out  # (B, T50, D)
 
+    @torch.no_grad()
+    def short_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N) audio of at most 30 s -> (B, ceil(N / 320), D): each row's mel on its own and
+        the encoder on that mel alone, with the first rows of the position table ("sliced",
+        fact 1 of the module docstring: not Whisper's 30-s computation, but a fixed function
+        of the audio, and 10-20x cheaper for 1-3 s). The rolling schedule's codes
+        (``speech.rolling``) are computed this way in training and inference alike."""
+        t50 = math.ceil(x.shape[-1] / _SAMPLES_PER_FEATURE)
+        if t50 > self.encoder.config.n_ctx:
+            raise ReadtalkError(f"short windows hold at most 30 s of audio, got {t50 / 50:.1f} s")
+        pad = 2 * t50 * HOP_LENGTH + N_FFT - x.shape[-1]
+        mel = log_mel_spectrogram(x.to(self.device), padding=pad)[..., : 2 * t50]
+        outs = [self.encoder(mel[i : i + 16]) for i in range(0, len(mel), 16)]
+        return torch.cat(outs)[:, :t50]  # (B, T50, D)
+
 
 def load_front_end(
     kind: str = "whisper",

@@ -45,6 +45,7 @@ from readtalk.diffusion import (
     frame_loss_mask,
     motion_token_weights,
     sample_euler,
+    sample_timesteps,
     timestep_schedule,
 )
 from readtalk.dit import DIT_SIZES, A2VDiT
@@ -55,6 +56,7 @@ from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
 from readtalk.train.optim import OptimConfig, optimizer_steps
+from readtalk.train.rolling import rolling_window, teacher_velocity
 from readtalk.vae.factorised import load_vae
 
 RELEASE_KIND = "readtalk.dit"
@@ -75,6 +77,15 @@ class DiffusionConfig:
     p_drop_both: float = 0.1
     sample_steps: int = 8  # Euler steps at inference
     motion_weight: float = 0.0  # extra loss weight on tokens that move (motion_token_weights)
+    # > 0: train for the rolling schedule (train.rolling): windows of this many context latents
+    # and one new one; p_first of the batches are a video's first window (two new latents)
+    rolling_context: int = 0
+    p_first: float = 0.1
+    # guidance distillation: a DiT release whose Split-CFG velocity (teacher_alpha / _beta) is
+    # the target; the student then samples with guidance "none" (one pass per step)
+    teacher: str = ""
+    teacher_alpha: float = 2.0
+    teacher_beta: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,11 @@ class DiTRunConfig:
             raise ReadtalkError(f"samples must be >= 0, got {self.samples}")
         if self.eval_windows < 0:
             raise ReadtalkError(f"eval_windows must be >= 0, got {self.eval_windows}")
+        if d.rolling_context < 0 or not 0.0 <= d.p_first <= 1.0:
+            raise ReadtalkError(
+                f"diffusion.rolling_context must be >= 0 and p_first in [0, 1], got "
+                f"{d.rolling_context} and {d.p_first}"
+            )
         self.train.validate()
 
     def model_config(self, meta: dict):
@@ -138,37 +154,61 @@ def _torch_gen(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
 
 
+def _timesteps(d: DiffusionConfig, b: int, f: int, motion: int, gen) -> torch.Tensor:
+    """(B, 1 + f) training timesteps: ANS with ``motion`` leading motion latents (0: none,
+    every frame at one level, the rows a video's first window trains)."""
+    if motion == 0:
+        t2 = sample_timesteps(b, gen, d.t_mean, d.t_std, d.shift)
+        return torch.cat([torch.zeros(b, 1), t2[:, None].expand(b, f)], dim=1)
+    return ans_train_timesteps(
+        b, f, gen, mode=d.ans_mode, p_ans=d.p_ans, motion_frames=motion, steps=d.sample_steps,
+        shift=d.shift, mean=d.t_mean, std=d.t_std,
+    )  # fmt: skip
+
+
 def dit_losses(
-    model, batch: dict, d: DiffusionConfig, gen: torch.Generator, part: slice = slice(None)
+    model,
+    batch: dict,
+    d: DiffusionConfig,
+    gen: torch.Generator,
+    part: slice = slice(None),
+    teacher=None,
 ) -> dict:
     """One training step's loss on a cache batch (normalised latents).
 
-    The random draws (timesteps, noise, condition dropout) are made for the whole ``batch``, on
-    the CPU; the model sees its rows ``part`` (a rank's share under torchrun) on its own device,
-    and a share's loss is scaled so that the mean over the shares is the whole batch's loss."""
+    The random draws (rolling window, timesteps, noise, condition dropout) are made for the
+    whole ``batch``, on the CPU; the model sees its rows ``part`` (a rank's share under
+    torchrun) on its own device, and a share's loss is scaled so that the mean over the shares
+    is the whole batch's loss. With ``teacher`` the target is its guided velocity
+    (``train.rolling``)."""
 
+    if d.rolling_context:
+        batch = dict(batch)
+        motion = rolling_window(batch, d.rolling_context, d.p_first, gen)
+    else:
+        motion = min(d.motion_frames, batch["latent"].shape[2] - 1)
     z0 = batch["latent"]  # (B, C, f, h, w)
     b, _, f = z0.shape[:3]
-    t = ans_train_timesteps(
-        b,
-        f,
-        gen,
-        mode=d.ans_mode,
-        p_ans=d.p_ans,
-        motion_frames=min(d.motion_frames, f - 1),
-        steps=d.sample_steps,
-        shift=d.shift,
-        mean=d.t_mean,
-        std=d.t_std,
-    )  # (B, 1 + f)
+    t = _timesteps(d, b, f, motion, gen)  # (B, 1 + f)
     noise = torch.randn(z0.shape, generator=gen)
     zt = add_noise(z0, noise, t[:, 1:])
     ref_keep, audio_keep = condition_dropout(b, gen, d.p_drop_audio, d.p_drop_ref, d.p_drop_both)
+    if teacher is not None:  # the student learns the guided velocity of the full condition
+        ref_keep, audio_keep = torch.ones_like(ref_keep), torch.ones_like(audio_keep)
     mask = frame_loss_mask(t)  # (B, f)
     device = next(model.parameters()).device
 
     def mine(x: torch.Tensor) -> torch.Tensor:
         return x[part].to(device)
+
+    target_z0 = z0
+    if teacher is not None:  # eps - z0' = the teacher's guided velocity
+        g = Guidance("split", alpha=d.teacher_alpha, beta=d.teacher_beta)
+        vt = teacher_velocity(
+            teacher, mine(zt), mine(t), mine(batch["ref"]), mine(batch["audio"]), g
+        )  # fmt: skip
+        target_z0 = torch.zeros_like(z0)
+        target_z0[part] = noise[part] - vt.cpu()
 
     v = model(
         mine(zt),
@@ -181,7 +221,7 @@ def dit_losses(
     tw = motion_token_weights(z0, d.motion_weight) if d.motion_weight else None
     loss = flow_matching_loss(
         v,
-        mine(z0),
+        mine(target_z0),
         mine(noise),
         frame_mask=mine(mask),
         token_weights=None if tw is None else mine(tw),
@@ -252,10 +292,15 @@ def train_dit(
         f"{dist.world_size()} process(es) on {run.device}"
     )
     part = dist.share(tc.batch_size)
+    teacher = None
+    if cfg.diffusion.teacher:
+        teacher = load_dit_release(cfg.diffusion.teacher).model.to(run.device).eval()
+        teacher.requires_grad_(False)
+        run.log(f"distilling the Split-CFG velocity of {cfg.diffusion.teacher}")
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         batch = train.sample(tc.batch_size, rng)  # the global batch; this rank's rows: part
-        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng), part)
+        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng), part, teacher)
 
     # DDP, or FSDP2 sharding in place (before the optimiser is built); the EMA is sharded alike
     step = dist.parallelize(dist.TrainStep(model, loss_fn), tc)
@@ -414,6 +459,14 @@ def save_dit(path: str | Path, model, meta: dict, diffusion: DiffusionConfig) ->
         "clip_frames": int(meta["frames"]),
         "size": 32 * int(meta["latent_shape"][-1]),
     }
+    if meta.get("speech_window"):  # per-latent speech codes (speech.rolling)
+        settings["speech_window"] = meta["speech_window"]
+    if diffusion.rolling_context:
+        settings.update(
+            schedule="rolling", context_latents=diffusion.rolling_context, motion_from="latents"
+        )
+    if diffusion.teacher:
+        settings["guidance"] = "none"
     return save_dit_release(
         path,
         model,
