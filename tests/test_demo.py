@@ -59,7 +59,15 @@ def test_the_shipped_demo_model(tmp_path):
     assert has_model(mdir)
     assert sum(p.stat().st_size for p in mdir.iterdir()) <= 50e6
     pipe = Pipeline.from_pretrained(mdir)
-    assert pipe.size == 256 and pipe.settings().clip_frames == 57
+    st = pipe.settings()
+    assert pipe.size == 256 and st.schedule == "rolling" and st.guidance == "none"
+    assert st.steps == 4 and st.context_latents == 2
+    # the clip-schedule DiT of the previous demo model ships beside it
+    clips = Pipeline.from_files(
+        vae=mdir / "vae.safetensors", speech=mdir / "speechae.safetensors",
+        dit=mdir / "dit-clips.safetensors",
+    )  # fmt: skip
+    assert clips.settings().schedule == "clips" and clips.settings().clip_frames == 57
     made = synth_inputs(tmp_path, pipe.size, seed=0)
     res = pipe.generate_to_file(made["image"], made["audio"], tmp_path / "d.mp4", progress=False)
     frames, truth = read_video(res.path), read_video(made["truth"])

@@ -202,3 +202,14 @@ def test_a_rolling_cache_holds_per_latent_codes(synth_dataset, tmp_path):
     )  # fmt: skip
     assert torch.allclose(c.audio[1], want[0], atol=1e-5)
     assert SPEECHAE_SIZES and SpeechAE  # the debug SpeechAE of _weights
+
+
+def test_a_motion_floor_keeps_the_context_noisy(pipe, speech):
+    """The floor changes the frames after the first window only (window 0 has no motion), and
+    a floor outside [0, 1) is a one-line error."""
+    base = pipe(_face(), speech, seed=0, progress=False).frames
+    floored = pipe(_face(), speech, seed=0, progress=False, motion_floor=0.5).frames
+    assert np.array_equal(base[:9], floored[:9])
+    assert np.abs(base[9:].astype(int) - floored[9:].astype(int)).max() > 0
+    with pytest.raises(ReadtalkError, match="motion floor"):
+        pipe.settings(motion_floor=1.0)

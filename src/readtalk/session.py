@@ -310,6 +310,7 @@ class Session:
                 md.velocity, window, cond, self._schedule, self._shape, motion,
                 generator=self._gen, motion_mode="async" if self.settings.ans else "plain",
                 guidance=self._guidance, device=md.device, dtype=torch.float32, callback=step,
+                motion_floor=self.settings.motion_floor,
             )  # fmt: skip
         self._prev = z
         yield from self._decode(window, md.denormalize(z.float()).to(md.dtype))

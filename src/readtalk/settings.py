@@ -55,6 +55,8 @@ class GenerationSettings:
     seeded with it. ``schedule``: ``"clips"`` (the above) or ``"rolling"`` (one 8-frame latent
     per DiT window, after ``context_latents`` it has made; ``diffusion.next_rolling``, for a
     model trained for it: docs/streaming.md); the clip settings are then unused.
+    ``motion_floor``: the least noise level of the motion latents while the new ones are
+    noisier (``diffusion.ans_sample``; 0: READ's one step ahead).
     """
 
     steps: int = DEFAULT_STEPS
@@ -72,6 +74,7 @@ class GenerationSettings:
     ans: bool = True
     schedule: str = "clips"
     context_latents: int = 2
+    motion_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -94,6 +97,8 @@ class GenerationSettings:
             raise ReadtalkError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
+        if not 0.0 <= self.motion_floor < 1.0:
+            raise ReadtalkError(f"motion floor must lie in [0, 1), got {self.motion_floor}")
         if self.context_latents < 1:
             raise ReadtalkError(f"context latents must be >= 1, got {self.context_latents}")
         self.guidance_config()  # finite scales

@@ -179,6 +179,14 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
         help="rolling schedule: latents a new one is generated after (default: the model's)",
     )
     p.add_argument(
+        "--motion-floor",
+        type=float,
+        default=None,
+        metavar="T",
+        help="least noise level of the motion latents while the new ones are noisier (default: "
+        "the model's; 0: READ's one step ahead; docs/streaming.md, Drift)",
+    )
+    p.add_argument(
         "--motion-from",
         choices=("frames", "latents"),
         default=None,
@@ -210,5 +218,5 @@ def settings_overrides(a: argparse.Namespace) -> dict:
         "seed": a.seed, "clip_frames": a.clip_frames, "ans": not a.no_ans,
         "motion_from": a.motion_from, "decode_context": a.decode_context,
         "group_blend": a.group_blend, "schedule": a.schedule,
-        "context_latents": a.context_latents,
+        "context_latents": a.context_latents, "motion_floor": a.motion_floor,
     }  # fmt: skip

@@ -184,6 +184,7 @@ def ans_sample(
     guidance: Guidance = DEFAULT_GUIDANCE,
     ref_frames: int = 1,
     callback: StepCallback | None = None,
+    motion_floor: float = 0.0,
 ) -> Tensor:
     """Sample one clip with asynchronous motion guidance (READ's ANS inference).
 
@@ -194,6 +195,10 @@ def ans_sample(
     ``i`` the model sees timesteps ``[0]*r + [s_i]*m + [t_i]*(f - m)`` with the motion level
     ``s_i = t_{i+1}`` (``"async"``), ``t_i`` (``"sync"``) or 0 (``"clean"``), and motion
     inputs ``add_noise(motion, noise[:, :, :m], s_i)``; only the new frames are updated.
+    ``motion_floor``: the motion level never drops below ``motion_floor`` while the new frames
+    are above it (``s_i = max(s_i, min(motion_floor, t_i))``): a motion latent the model made
+    itself is then trusted less, so a rolling window leans on the reference more
+    (docs/streaming.md, "Drift").
     ``"plain"`` ignores ``motion``. Returns ``(B, C, f, h, w)`` whose first ``m`` frames are
     ``motion`` itself.
     """
@@ -230,6 +235,7 @@ def ans_sample(
     z = noise[:, :, m:]  # (B, C, f - m, h, w) the new frames
     for i, (t, t_next) in enumerate(pairwise(ts)):
         s = {"async": t_next, "sync": t, "clean": 0.0}[motion_mode]
+        s = max(float(s), min(float(motion_floor), float(t)))
         zm = add_noise(motion, eps_m, s)
         levels = [(m, s), (f - m, t)]
         tt = frame_timesteps(b, levels, ref_frames=ref_frames, device=z.device, dtype=tdtype)
@@ -470,6 +476,7 @@ def sample_clip(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     callback: Callable[[int, Tensor], None] | None = None,
+    motion_floor: float = 0.0,
 ) -> Tensor:
     """One clip of a plan: its noise, one ``torch.randn`` of ``(B, C, latents, h, w)`` from
     ``generator`` (so consecutive clips drawn from one generator make a video that is a pure
@@ -481,5 +488,5 @@ def sample_clip(
     noise = torch.randn(b, c, window.latents, h, w, generator=generator, device=device, dtype=dtype)
     return ans_sample(
         model_fn, noise, schedule, motion=motion, motion_mode=motion_mode, cond=cond,
-        guidance=guidance, ref_frames=ref_frames, callback=callback,
+        guidance=guidance, ref_frames=ref_frames, callback=callback, motion_floor=motion_floor,
     )  # fmt: skip
