@@ -61,7 +61,7 @@ def test_the_shipped_demo_model(tmp_path):
     pipe = Pipeline.from_pretrained(mdir)
     st = pipe.settings()
     assert pipe.size == 256 and st.schedule == "rolling" and st.guidance == "none"
-    assert st.steps == 4 and st.context_latents == 2
+    assert st.steps == 3 and st.context_latents == 2
     # the clip-schedule DiT of the previous demo model ships beside it
     clips = Pipeline.from_files(
         vae=mdir / "vae.safetensors", speech=mdir / "speechae.safetensors",
