@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,9 +59,6 @@ class SpeechWindow:
                 f"speech context must lie in [{need}, 750] frames (the latent's 9 frames plus "
                 f"the lookahead, at most Whisper's 30 s), got {self.context}"
             )
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
     @classmethod
     def from_meta(cls, value: dict | str | None) -> SpeechWindow | None:
