@@ -126,6 +126,32 @@ def test_frames_within_two_grey_levels(pipes):
     assert a.frames.std() > 0
 
 
+@pytest.mark.filterwarnings("ignore::readtalk.errors.PortraitWarning")
+def test_rolling_schedule_within_two_grey_levels(src, tmp_path):
+    """The rolling schedule (windows of 2 and 3 latents, one pass a step, per-latent speech
+    codes, the motion latents taken as made): the exported graph gives torch's frames too."""
+    root = tmp_path / "rolling"
+    root.mkdir()
+    for name in ("vae.safetensors", "speechae.safetensors", "pipeline.json"):
+        (root / name).write_bytes((src / name).read_bytes())
+    save_dit_release(
+        root / "dit.safetensors", _random_dit(), latent_mean=[0.1] * 8, latent_std=[0.5] * 8,
+        diffusion={"steps": 2, "shift": 1.0, "motion_latents": 1, "clip_frames": 17, "size": 64,
+                   "schedule": "rolling", "context_latents": 2, "motion_from": "latents",
+                   "guidance": "none", "speech_window": {"context": 16, "lookahead": 2}},
+    )  # fmt: skip
+    export_onnx(root, tmp_path / "onnx")
+    a_pipe = Pipeline.from_pretrained(root)
+    b_pipe = Pipeline.from_pretrained(tmp_path / "onnx", runtime="onnx")
+    audio = _speech(40 * SAMPLES_PER_FRAME + 100, seed=2)
+    a = a_pipe(_face(), audio, seed=4, motion_floor=0.3, progress=False)
+    b = b_pipe(_face(), audio, seed=4, motion_floor=0.3, progress=False)
+    assert a.frames.shape == b.frames.shape == (41, 64, 64, 3) and a.clips == 5
+    diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+    assert diff.max() <= 2, diff.max()
+    assert a.frames.std() > 0
+
+
 def test_video_vae_and_audio_window(tmp_path):
     """A model folder with a (non-factorised) video VAE exports its DiT only (the decoder
     stays torch); a DiT whose frames attend to neighbouring speech codes (``audio_window``)
