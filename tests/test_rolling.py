@@ -16,14 +16,14 @@ import torch
 
 from readtalk import Pipeline, ReadtalkError
 from readtalk.data.cache import CachedLatents, build_cache
-from readtalk.diffusion import next_rolling, plan_rolling
+from readtalk.diffusion import Guidance, ans_sample, next_rolling, plan_rolling, timestep_schedule
 from readtalk.media import SAMPLES_PER_FRAME, frames_for_samples
 from readtalk.speech.frontend import load_front_end
 from readtalk.speech.rolling import SpeechWindow, latent_codes, latent_span
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
-from readtalk.train.dit import DiffusionConfig, dit_losses
-from readtalk.train.rolling import rolling_window
-from test_cache_dit import _cfg, _weights
+from readtalk.train.dit import DiffusionConfig, dit_losses, train_dit
+from readtalk.train.rolling import rolling_window, self_rollout
+from test_cache_dit import _cfg, _losses, _run_cfg, _synthetic_cache, _weights
 from test_pipeline import _face, _random_dit, _speech, _write_models
 from test_session import PIECES, _stream, piece_sizes
 
@@ -149,7 +149,8 @@ def test_rolling_windows_are_cut_from_the_cached_ones():
     seen = set()
     for _ in range(40):
         batch = {"latent": z, "audio": audio}
-        m = rolling_window(batch, 3, 0.2, g)
+        m, k = rolling_window(batch, 3, 0.2, g)
+        assert k == 0  # no rollout asked for
         seen.add(m)
         n = 2 if m == 0 else m + 1
         assert batch["latent"].shape == (4, 2, n, 2, 2) and batch["audio"].shape == (4, n, 1)
@@ -161,23 +162,114 @@ def test_rolling_windows_are_cut_from_the_cached_ones():
     assert seen == {0, 1, 2, 3}
 
 
-def test_distillation_learns_the_teachers_guided_velocity():
-    """With Split-CFG scales 1 and 1 the guided velocity is the full condition's, so a student
-    that is its teacher has a loss of 0; other scales give a positive loss."""
+def _student_and_batch(f: int):
+    """A random debug DiT and a cache batch of 3 windows of ``f`` latents."""
     torch.manual_seed(0)
     model = _random_dit().eval()
     g = torch.Generator().manual_seed(1)
     batch = {
-        "latent": torch.randn(3, 8, 4, 2, 2, generator=g),
+        "latent": torch.randn(3, 8, f, 2, 2, generator=g),
         "ref": torch.randn(3, 8, 1, 2, 2, generator=g),
-        "audio": torch.randn(3, 4, model.cfg.audio_dim, generator=g),
+        "audio": torch.randn(3, f, model.cfg.audio_dim, generator=g),
     }
+    return model, batch
+
+
+def test_distillation_learns_the_teachers_guided_velocity():
+    """With Split-CFG scales 1 and 1 the guided velocity is the full condition's, so a student
+    that is its teacher has a loss of 0; other scales give a positive loss."""
+    model, batch = _student_and_batch(4)
     same = DiffusionConfig(rolling_context=2, teacher="x", teacher_alpha=1.0, teacher_beta=1.0)
     loss = dit_losses(model, batch, same, torch.Generator().manual_seed(2), teacher=model)
     assert float(loss["loss"]) < 1e-10
     guided = dataclasses.replace(same, teacher_beta=6.0)
     loss = dit_losses(model, batch, guided, torch.Generator().manual_seed(2), teacher=model)
     assert float(loss["loss"]) > 1e-4
+
+
+def test_a_self_rollout_window_is_cut_longer_and_made_as_a_session_makes_it():
+    """``rollout``: windows ``k`` latents longer (k in 1..K as the cache allows, for p_self of
+    them); ``self_rollout`` replaces the latents past the first ``m`` with the model's own,
+    each sampled with ``ans_sample`` after the ``m`` before it (one pass, the floor), and
+    returns the last ``m + 1``."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.arange(2 * 8).float().view(2, 1, 8, 1, 1).expand(2, 2, 8, 2, 2).contiguous()
+    audio = torch.arange(2 * 8).float().view(2, 8, 1)
+    seen = set()
+    for _ in range(60):
+        batch = {"latent": z, "audio": audio}
+        m, k = rolling_window(batch, 3, 0.0, g, rollout=2, p_self=0.5)
+        seen.add((m, k))
+        assert 1 <= m <= 3 and 0 <= k <= 2
+        assert batch["latent"].shape[2] == batch["audio"].shape[1] == k + m + 1
+    assert {(1, 0), (1, 1), (1, 2), (3, 2)} <= seen
+    # the rolled-out latents are the model's, sampled as a session samples them
+    torch.manual_seed(0)
+    model = _random_dit().eval()
+    g = torch.Generator().manual_seed(4)
+    lat = torch.randn(2, 8, 5, 2, 2, generator=g)
+    ref = torch.randn(2, 8, 1, 2, 2, generator=g)
+    codes = torch.randn(2, 5, model.cfg.audio_dim, generator=g)
+    got = self_rollout(model, lat, ref, codes, 2, 2, torch.Generator().manual_seed(5),
+                       steps=3, motion_floor=0.35)  # fmt: skip
+    assert got.shape == (2, 8, 3, 2, 2)
+    noise_g = torch.Generator().manual_seed(5)
+    seq = lat.clone()
+
+    def fn(x, tt, rm, am, cond):
+        return model(x, tt, cond["ref"], cond["audio"], rm, am)
+
+    for j in (2, 3):
+        noise = torch.randn(2, 8, 3, 2, 2, generator=noise_g)
+        out = ans_sample(
+            fn, noise, timestep_schedule(3), motion=seq[:, :, j - 2 : j],
+            cond={"ref": ref, "audio": codes[:, j - 2 : j + 1]}, guidance=Guidance("none"),
+            motion_floor=0.35,
+        )  # fmt: skip
+        seq[:, :, j] = out[:, :, -1]
+    assert torch.allclose(got, seq[:, :, 2:], atol=1e-6)
+    assert torch.equal(got[:, :, 2], lat[:, :, 4])  # the new latent stays the true one
+    assert not torch.allclose(got[:, :, :2], lat[:, :, 2:4], atol=1e-3)  # its context is made
+    with pytest.raises(ValueError, match="needs 5 latents"):
+        self_rollout(model, lat[:, :, :4], ref, codes[:, :4], 2, 2, g)
+
+
+def test_self_rollout_targets_the_teachers_velocity_at_the_true_context():
+    """A student that is its (one-pass) teacher has no loss on true-context windows, and a
+    loss on windows whose context it made itself (the teacher sees the true one there)."""
+    model, batch = _student_and_batch(6)
+    d = DiffusionConfig(rolling_context=2, p_first=0.0, teacher="x", teacher_guidance="none",
+                        self_rollout=2, p_self=0.0)  # fmt: skip
+    loss = dit_losses(model, batch, d, torch.Generator().manual_seed(2), teacher=model)
+    assert float(loss["loss"]) < 1e-10
+    d = dataclasses.replace(d, p_self=1.0)
+    loss = dit_losses(model, batch, d, torch.Generator().manual_seed(2), teacher=model)
+    assert float(loss["loss"]) > 1e-4
+    assert batch["latent"].shape[2] == 6  # the caller's batch is not cut
+
+
+def test_a_self_rollout_run_trains_and_resumes_exactly(tmp_path):
+    cache_dir = _synthetic_cache(tmp_path / "cache")
+    teacher = train_dit(_run_cfg(cache_dir, 2), tmp_path / "teacher", progress=False)
+    d = DiffusionConfig(
+        rolling_context=1, p_first=0.0, teacher=str(teacher), teacher_guidance="none",
+        self_rollout=1, p_self=0.5, rollout_steps=2,
+    )  # fmt: skip
+    cfg = dataclasses.replace(_run_cfg(cache_dir, 6), diffusion=d, init=str(teacher))
+    train_dit(cfg, tmp_path / "full", progress=False)
+    assert train_dit(cfg, tmp_path / "part", progress=False, stop_at=4) is None
+    train_dit(cfg, tmp_path / "part", resume=True, progress=False)
+    losses = _losses(tmp_path / "full")
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert _losses(tmp_path / "part") == losses
+    for bad, match in (
+        ({"teacher": ""}, "needs rolling windows"),
+        ({"teacher_guidance": "joint"}, "teacher_guidance"),
+        ({"p_self": 2.0}, "p_self"),
+    ):
+        wrong = dataclasses.replace(cfg, diffusion=dataclasses.replace(d, **bad))
+        with pytest.raises(ReadtalkError, match=match):
+            wrong.validate()
 
 
 def test_a_rolling_cache_holds_per_latent_codes(synth_dataset, tmp_path):

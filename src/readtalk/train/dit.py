@@ -56,7 +56,7 @@ from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
 from readtalk.train.optim import OptimConfig, optimizer_steps
-from readtalk.train.rolling import rolling_window, teacher_velocity
+from readtalk.train.rolling import rolling_window, self_rollout, teacher_velocity
 from readtalk.vae.factorised import load_vae
 
 RELEASE_KIND = "readtalk.dit"
@@ -86,6 +86,15 @@ class DiffusionConfig:
     teacher: str = ""
     teacher_alpha: float = 2.0
     teacher_beta: float = 6.0
+    # the teacher's guidance: "split" (a Split-CFG teacher) or "none" (an already distilled one)
+    teacher_guidance: str = "split"
+    # self rollout (train.rolling): p_self of the rolling windows have a context the model made
+    # itself, up to this many latents ahead of the window (0: off), sampled as a session does
+    # (rollout_steps, rollout_floor); their target is the teacher's at the true context
+    self_rollout: int = 0
+    p_self: float = 0.5
+    rollout_steps: int = 3
+    rollout_floor: float = 0.35
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,20 @@ class DiTRunConfig:
             raise ReadtalkError(
                 f"diffusion.rolling_context must be >= 0 and p_first in [0, 1], got "
                 f"{d.rolling_context} and {d.p_first}"
+            )
+        if d.teacher_guidance not in ("split", "none"):
+            raise ReadtalkError(
+                f"diffusion.teacher_guidance must be 'split' or 'none', got {d.teacher_guidance!r}"
+            )
+        if d.self_rollout < 0 or not 0.0 <= d.p_self <= 1.0 or d.rollout_steps < 1:
+            raise ReadtalkError(
+                f"diffusion.self_rollout must be >= 0, p_self in [0, 1] and rollout_steps >= 1, "
+                f"got {d.self_rollout}, {d.p_self} and {d.rollout_steps}"
+            )
+        if d.self_rollout and not (d.rolling_context and d.teacher):
+            raise ReadtalkError(
+                "diffusion.self_rollout needs rolling windows (diffusion.rolling_context) and a "
+                "teacher (diffusion.teacher) whose velocity at the true context is the target"
             )
         self.train.validate()
 
@@ -182,12 +205,28 @@ def dit_losses(
     is the whole batch's loss. With ``teacher`` the target is its guided velocity
     (``train.rolling``)."""
 
+    device = next(model.parameters()).device
+
+    def mine(x: torch.Tensor) -> torch.Tensor:
+        return x[part].to(device)
+
+    k = 0
     if d.rolling_context:
         batch = dict(batch)
-        motion = rolling_window(batch, d.rolling_context, d.p_first, gen)
+        motion, k = rolling_window(
+            batch, d.rolling_context, d.p_first, gen, rollout=d.self_rollout, p_self=d.p_self
+        )  # fmt: skip
     else:
         motion = min(d.motion_frames, batch["latent"].shape[2] - 1)
-    z0 = batch["latent"]  # (B, C, f, h, w)
+    z0 = batch["latent"]  # (B, C, f, h, w); the true latents
+    made = z0  # the student's input latents: its own context after a self rollout
+    if k:
+        made = torch.zeros_like(z0[:, :, k:])
+        made[part] = self_rollout(
+            getattr(model, "module", model), mine(z0), mine(batch["ref"]), mine(batch["audio"]),
+            motion, k, gen, steps=d.rollout_steps, shift=d.shift, motion_floor=d.rollout_floor,
+        ).cpu()  # fmt: skip
+        z0, batch["audio"] = z0[:, :, k:], batch["audio"][:, k:]
     b, _, f = z0.shape[:3]
     t = _timesteps(d, b, f, motion, gen)  # (B, 1 + f)
     noise = torch.randn(z0.shape, generator=gen)
@@ -196,19 +235,19 @@ def dit_losses(
     if teacher is not None:  # the student learns the guided velocity of the full condition
         ref_keep, audio_keep = torch.ones_like(ref_keep), torch.ones_like(audio_keep)
     mask = frame_loss_mask(t)  # (B, f)
-    device = next(model.parameters()).device
-
-    def mine(x: torch.Tensor) -> torch.Tensor:
-        return x[part].to(device)
+    if k:  # the made context has no target of its own: the loss is on the new latent
+        mask[:, :motion] = False
 
     target_z0 = z0
-    if teacher is not None:  # eps - z0' = the teacher's guided velocity
-        g = Guidance("split", alpha=d.teacher_alpha, beta=d.teacher_beta)
+    if teacher is not None:  # eps - z0' = the teacher's guided velocity (at the true context)
+        g = Guidance(d.teacher_guidance, alpha=d.teacher_alpha, beta=d.teacher_beta)
         vt = teacher_velocity(
             teacher, mine(zt), mine(t), mine(batch["ref"]), mine(batch["audio"]), g
         )  # fmt: skip
         target_z0 = torch.zeros_like(z0)
         target_z0[part] = noise[part] - vt.cpu()
+    if k:  # the student sees its own context, noised alike
+        zt = torch.cat([add_noise(made, noise, t[:, 1:])[:, :, :motion], zt[:, :, motion:]], 2)
 
     v = model(
         mine(zt),
@@ -296,7 +335,14 @@ def train_dit(
     if cfg.diffusion.teacher:
         teacher = load_dit_release(cfg.diffusion.teacher).model.to(run.device).eval()
         teacher.requires_grad_(False)
-        run.log(f"distilling the Split-CFG velocity of {cfg.diffusion.teacher}")
+        d = cfg.diffusion
+        guided = "Split-CFG" if d.teacher_guidance == "split" else "one-pass"
+        run.log(f"target: the {guided} velocity of {d.teacher}")
+        if d.self_rollout:
+            run.log(
+                f"self rollout: {d.p_self:.0%} of the windows after up to {d.self_rollout} "
+                f"latents made by the model ({d.rollout_steps} steps, floor {d.rollout_floor})"
+            )
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         batch = train.sample(tc.batch_size, rng)  # the global batch; this rank's rows: part

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# docs/streaming.md, "Self rollout": the shipped rolling DiT fine-tuned on windows whose context
+# it made itself, toward its own velocity at the true context. On the 2-core CPU.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+R=.venv/bin/readtalk
+D=src/readtalk/assets/demo
+# 320 of st1000's training clips and 32 of its test clips (the same files, a shorter manifest)
+mkdir -p data/st320
+for d in audio ref track video; do ln -sfn ../st1000/$d data/st320/$d; done
+cp data/st1000/synthtalk.json data/st320/
+.venv/bin/python - <<'PY'
+import json
+rows = [json.loads(line) for line in open("data/st1000/manifest.jsonl")]
+keep = [r for r in rows if r["split"] == "train"][:320] + [r for r in rows if r["split"] == "test"][:32]
+open("data/st320/manifest.jsonl", "w").write("".join(json.dumps(r) + "\n" for r in keep))
+PY
+# latents and per-latent speech codes (8 min)
+$R cache --data data/st320 --vae $D/vae.safetensors --speech $D/speechae.safetensors \
+  --out cache/st320-roll --frames 57 --augment 0.6 --augment-seed 0 --speech-context 50 \
+  --speech-lookahead 2
+# self rollout: 3/4 of the windows have 1-4 latents of context made by the model itself
+$R train dit --cache cache/st320-roll --out runs/dit-self --size tiny --steps 400 \
+  --set init=$D/dit.safetensors --set diffusion.teacher=$D/dit.safetensors \
+  --set diffusion.teacher_guidance=none --set diffusion.rolling_context=2 \
+  --set diffusion.self_rollout=4 --set diffusion.p_self=0.75 --set train.batch_size=12 \
+  --set train.lr=1e-4 --set train.warmup=20 --set diffusion.motion_weight=3 \
+  --set train.ckpt_every=50 --set train.eval_every=1000
+$R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
+  --dit runs/dit-self/dit.safetensors --out runs/demo-self --copy-defaults $D/pipeline.json
