@@ -83,7 +83,10 @@ def test_bench_stream_reports_latency_and_writes_json(model_dir, tmp_path, capsy
                 "underruns", "rss_start_mb", "rss_end_mb"):  # fmt: skip
         assert key in rep
     assert rep["frames"] == 50 and rep["first_frame_s"] > 0 and rep["lateness_max_s"] >= 0
-    assert "first frame" in capsys.readouterr().out
+    got = capsys.readouterr()
+    assert "first frame" in got.out and "50/50" in got.err  # the progress bar, frames out
+    assert main(["bench", "stream", "--model", str(model_dir), "--seconds", "1", "--quiet"]) == 0
+    assert "stream" not in capsys.readouterr().err
     pipe = Pipeline.from_pretrained(model_dir)
     paced = bench_stream(pipe, _face(), _speech(8000), chunk_ms=40, paced=True)
     assert paced.paced and paced.frames == 13 and paced.rtf >= 0.45  # 0.5 s of speech, paced

@@ -23,11 +23,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from tqdm import tqdm
 
 from readtalk.data.synthtalk import tts
 from readtalk.data.synthtalk.text import sentence
 from readtalk.errors import ReadtalkError
-from readtalk.media import FPS, SAMPLE_RATE, LiveVideoWriter, PcmJoiner, load_audio
+from readtalk.media import (
+    FPS,
+    SAMPLE_RATE,
+    LiveVideoWriter,
+    PcmJoiner,
+    frames_for_samples,
+    load_audio,
+)
 from readtalk.pipeline import Pipeline
 from readtalk.session import Session
 from readtalk.settings import GenerationSettings
@@ -269,15 +277,19 @@ def bench_stream(
     chunk_ms: float = 20.0,
     paced: bool = False,
     buffer_s: float = 0.0,
+    progress: bool = False,
 ) -> StreamReport:
     """Feed ``audio`` to a session in ``chunk_ms`` pieces and time every frame (no file),
-    played from ``buffer_s`` after the first frame (module docstring)."""
+    played from ``buffer_s`` after the first frame (module docstring); ``progress``: a bar of
+    the frames out (on stderr)."""
     chunk = chunk_samples(chunk_ms)
     if buffer_s < 0:
         raise ReadtalkError(f"the playback buffer must be >= 0 s, got {buffer_s}")
     session = pipe.stream(image, settings)
     clock, rss0 = _Clock(paced, buffer_s), rss_mb()
-    _drive(session, pieces(audio, chunk), clock)
+    total = frames_for_samples(len(audio))
+    with tqdm(total=total, unit="frame", desc="stream", disable=not progress) as bar:
+        _drive(session, pieces(audio, chunk), clock, lambda _p, frames: bar.update(len(frames)))
     return clock.report(session.settings, chunk_ms, rss0)
 
 

@@ -220,7 +220,8 @@ def cmd_bench_stream(a: argparse.Namespace) -> None:
         image = a.image or synth_inputs(Path(tmp), pipe.size, a.seed)["image"]
         audio = load_audio(a.audio) if a.audio else speech_for(a.seconds, a.seed)
         rep = bench_stream(
-            pipe, image, audio, st, chunk_ms=a.chunk_ms, paced=a.paced, buffer_s=a.buffer_ms / 1e3
+            pipe, image, audio, st, chunk_ms=a.chunk_ms, paced=a.paced,
+            buffer_s=a.buffer_ms / 1e3, progress=not a.quiet,
         )  # fmt: skip
     print("\n".join(rep.lines()))
     if a.json:
@@ -297,6 +298,7 @@ def register(sub) -> None:
         "lateness and underruns count from there",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     add_settings_args(p)
     p.set_defaults(func=cmd_bench_stream)
