@@ -19,12 +19,27 @@ PY
 $R cache --data data/st320 --vae $D/vae.safetensors --speech $D/speechae.safetensors \
   --out cache/st320-roll --frames 57 --augment 0.6 --augment-seed 0 --speech-context 50 \
   --speech-lookahead 2
-# self rollout: 3/4 of the windows have 1-4 latents of context made by the model itself
+# the rolling DiT it starts from and learns from: the demo's dit.safetensors before this run
+# (runs/dit-roll-distill of docs/runs/rolling/train.sh, as committed in dd329f5)
+mkdir -p runs/dit-roll-distill
+git show dd329f5:src/readtalk/assets/demo/dit.safetensors > runs/dit-roll-distill/dit.safetensors
+T=runs/dit-roll-distill/dit.safetensors
+# phase 1: 3/4 of the windows after 1-4 latents the model made itself (400 steps, 12 min)
 $R train dit --cache cache/st320-roll --out runs/dit-self --size tiny --steps 400 \
-  --set init=$D/dit.safetensors --set diffusion.teacher=$D/dit.safetensors \
+  --set init=$T --set diffusion.teacher=$T \
   --set diffusion.teacher_guidance=none --set diffusion.rolling_context=2 \
   --set diffusion.self_rollout=4 --set diffusion.p_self=0.75 --set train.batch_size=12 \
   --set train.lr=1e-4 --set train.warmup=20 --set diffusion.motion_weight=3 \
   --set train.ckpt_every=50 --set train.eval_every=1000
-$R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
-  --dit runs/dit-self/dit.safetensors --out runs/demo-self --copy-defaults $D/pipeline.json
+# phase 2: 9/10 of the windows after 1-5 made latents (600 steps, 27 min sharing the CPU)
+$R train dit --cache cache/st320-roll --out runs/dit-self2 --size tiny --steps 600 \
+  --set init=runs/dit-self/dit.safetensors --set diffusion.teacher=$T \
+  --set diffusion.teacher_guidance=none --set diffusion.rolling_context=2 \
+  --set diffusion.self_rollout=5 --set diffusion.p_self=0.9 --set train.batch_size=12 \
+  --set train.lr=1.5e-4 --set train.warmup=20 --set diffusion.motion_weight=3 \
+  --set train.ckpt_every=50 --set train.eval_every=1000 --set train.seed=1
+for run in dit-self dit-self2; do
+  $R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
+    --dit runs/$run/dit.safetensors --out runs/demo-${run#dit-} --copy-defaults $D/pipeline.json
+done
+# the shipped dit.safetensors is runs/demo-self2/dit.safetensors
