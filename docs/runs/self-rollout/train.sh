@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 R=.venv/bin/readtalk
 D=src/readtalk/assets/demo
-# 320 of st1000's training clips and 32 of its test clips (the same files, a shorter manifest)
+# 320 of st1000's training clips and 32 of its test clips (the same files, a shorter manifest);
+# data/st1000 is `readtalk synth --out data/st1000 --clips 1000 --size 256 --frames 121 --seed 0`
 mkdir -p data/st320
 for d in audio ref track video; do ln -sfn ../st1000/$d data/st320/$d; done
 cp data/st1000/synthtalk.json data/st320/
@@ -15,7 +16,7 @@ rows = [json.loads(line) for line in open("data/st1000/manifest.jsonl")]
 keep = [r for r in rows if r["split"] == "train"][:320] + [r for r in rows if r["split"] == "test"][:32]
 open("data/st320/manifest.jsonl", "w").write("".join(json.dumps(r) + "\n" for r in keep))
 PY
-# latents and per-latent speech codes (8 min)
+# latents and per-latent speech codes (6 min)
 $R cache --data data/st320 --vae $D/vae.safetensors --speech $D/speechae.safetensors \
   --out cache/st320-roll --frames 57 --augment 0.6 --augment-seed 0 --speech-context 50 \
   --speech-lookahead 2
