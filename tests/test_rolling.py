@@ -246,6 +246,17 @@ def test_self_rollout_targets_the_teachers_velocity_at_the_true_context():
     loss = dit_losses(model, batch, d, torch.Generator().manual_seed(2), teacher=model)
     assert float(loss["loss"]) > 1e-4
     assert batch["latent"].shape[2] == 6  # the caller's batch is not cut
+    # rollout_data = 1: the target is the true latent's, whichever the teacher
+    d = dataclasses.replace(d, rollout_data=1.0)
+    other = _random_dit(seed=5).eval()  # a different teacher
+    losses = [
+        float(dit_losses(model, batch, d, torch.Generator().manual_seed(2), teacher=t)["loss"])
+        for t in (model, other)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] > 1e-4
+    half = dataclasses.replace(d, rollout_data=0.5)
+    got = dit_losses(model, batch, half, torch.Generator().manual_seed(2), teacher=other)
+    assert abs(float(got["loss"]) - losses[0]) > 1e-6
 
 
 def test_a_self_rollout_run_trains_and_resumes_exactly(tmp_path):
@@ -266,6 +277,7 @@ def test_a_self_rollout_run_trains_and_resumes_exactly(tmp_path):
         ({"teacher": ""}, "needs rolling windows"),
         ({"teacher_guidance": "joint"}, "teacher_guidance"),
         ({"p_self": 2.0}, "p_self"),
+        ({"rollout_data": -0.1}, "rollout_data"),
     ):
         wrong = dataclasses.replace(cfg, diffusion=dataclasses.replace(d, **bad))
         with pytest.raises(ReadtalkError, match=match):

@@ -95,6 +95,9 @@ class DiffusionConfig:
     p_self: float = 0.5
     rollout_steps: int = 3
     rollout_floor: float = 0.35
+    # the share of the data's target (the true new latent) in a self-rolled window's target,
+    # the rest the teacher's velocity at the true context
+    rollout_data: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,12 @@ class DiTRunConfig:
             raise ReadtalkError(
                 f"diffusion.teacher_guidance must be 'split' or 'none', got {d.teacher_guidance!r}"
             )
-        if d.self_rollout < 0 or not 0.0 <= d.p_self <= 1.0 or d.rollout_steps < 1:
+        if (d.self_rollout < 0 or not 0.0 <= d.p_self <= 1.0 or d.rollout_steps < 1
+                or not 0.0 <= d.rollout_data <= 1.0):  # fmt: skip
             raise ReadtalkError(
-                f"diffusion.self_rollout must be >= 0, p_self in [0, 1] and rollout_steps >= 1, "
-                f"got {d.self_rollout}, {d.p_self} and {d.rollout_steps}"
+                f"diffusion.self_rollout must be >= 0, p_self and rollout_data in [0, 1] and "
+                f"rollout_steps >= 1, got {d.self_rollout}, {d.p_self}, {d.rollout_data} and "
+                f"{d.rollout_steps}"
             )
         if d.self_rollout and not (d.rolling_context and d.teacher):
             raise ReadtalkError(
@@ -246,6 +251,8 @@ def dit_losses(
         )  # fmt: skip
         target_z0 = torch.zeros_like(z0)
         target_z0[part] = noise[part] - vt.cpu()
+        if k and d.rollout_data:  # part of the way to the true latent itself
+            target_z0 = (1.0 - d.rollout_data) * target_z0 + d.rollout_data * z0
     if k:  # the student sees its own context, noised alike
         zt = torch.cat([add_noise(made, noise, t[:, 1:])[:, :, :motion], zt[:, :, motion:]], 2)
 

@@ -24,7 +24,8 @@ the model, without gradients, rolls out those ``k`` latents itself exactly as a 
 ``motion_floor``), and the training window is the last ``m + 1`` latents with the made ones as
 its context (``self_rollout``). Its target is the teacher's velocity at the same noisy new
 latent with the *true* context: what the model makes after the true latents, whatever its own
-context became, so errors stop compounding.
+context became, so errors stop compounding; ``rollout_data`` mixes in the data's target (the
+true new latent) by that share.
 """
 
 from __future__ import annotations
