@@ -4,11 +4,12 @@ near-silent), as recorded, with those 5 s replaced by digital silence, and by -8
 noise; the fraction of frames whose mouth is open (mouth reader, gap > OPEN_GAP) in the first
 5 s and in the next 5.
 
-    OMP_NUM_THREADS=2 .venv/bin/python docs/experiments/real_speech_pauses.py
+    OMP_NUM_THREADS=2 .venv/bin/python docs/experiments/real_speech_pauses.py [--model DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ FIVE_S = 5 * SAMPLE_RATE
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model folder (default: the shipped demo)")
+    a = p.parse_args()
     torch.set_num_threads(2)
     a = load_audio(PYANNOTE_SAMPLE)[: 2 * FIVE_S]
     e = frame_energy(a, 250)
@@ -41,7 +45,7 @@ def main() -> None:
         "first 5 s digital silence": np.concatenate([np.zeros(FIVE_S, np.float32), a[FIVE_S:]]),
         "first 5 s -80 dB white noise": np.concatenate([noise, a[FIVE_S:]]),
     }
-    pipe = Pipeline.from_pretrained()
+    pipe = Pipeline.from_pretrained(a.model)
     print("| portrait | first 5 s | open, first 5 s | open, next 5 s |\n|---|---|---|---|")
     for seed in (0, 1):
         for name, audio in variants.items():

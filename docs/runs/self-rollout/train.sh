@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# docs/streaming.md, "Self rollout": the shipped rolling DiT fine-tuned on windows whose context
-# it made itself, toward its own velocity at the true context. On the 2-core CPU.
+# docs/streaming.md, "Self rollout": the rolling DiT fine-tuned on windows whose context it made
+# itself, toward its own velocity at the true context (phases 1-2), then half toward the true
+# latent (phase 3, shipped). On the 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 R=.venv/bin/readtalk
@@ -39,8 +40,16 @@ $R train dit --cache cache/st320-roll --out runs/dit-self2 --size tiny --steps 6
   --set diffusion.self_rollout=5 --set diffusion.p_self=0.9 --set train.batch_size=12 \
   --set train.lr=1.5e-4 --set train.warmup=20 --set diffusion.motion_weight=3 \
   --set train.ckpt_every=50 --set train.eval_every=1000 --set train.seed=1
-for run in dit-self dit-self2; do
+# phase 3: half of a rolled-out window's target is the true latent itself (400 steps, 15 min)
+$R train dit --cache cache/st320-roll --out runs/dit-self3 --size tiny --steps 400 \
+  --set init=runs/dit-self2/dit.safetensors --set diffusion.teacher=$T \
+  --set diffusion.teacher_guidance=none --set diffusion.rolling_context=2 \
+  --set diffusion.self_rollout=5 --set diffusion.p_self=0.9 --set diffusion.rollout_data=0.5 \
+  --set train.batch_size=12 --set train.lr=1e-4 --set train.warmup=20 \
+  --set diffusion.motion_weight=3 --set train.ckpt_every=50 --set train.eval_every=1000 \
+  --set train.seed=2
+for run in dit-self dit-self2 dit-self3; do
   $R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
     --dit runs/$run/dit.safetensors --out runs/demo-${run#dit-} --copy-defaults $D/pipeline.json
 done
-# the shipped dit.safetensors is runs/demo-self2/dit.safetensors
+# the shipped dit.safetensors is runs/demo-self3/dit.safetensors
