@@ -194,6 +194,29 @@ def _timesteps(d: DiffusionConfig, b: int, f: int, motion: int, gen) -> torch.Te
     )  # fmt: skip
 
 
+def _window(model, batch: dict, d: DiffusionConfig, gen, part, mine):
+    """The training window of ``dit_losses``: ``(batch, m, k, made)``, the batch cut to a
+    rolling window (a copy; or as it is), its ``m`` motion latents, the ``k`` latents the model
+    rolled out before it (``train.rolling.self_rollout``; 0: none) and the student's input
+    latents ``made`` (the true ones, or the model's own context after a rollout)."""
+    if not d.rolling_context:
+        return batch, min(d.motion_frames, batch["latent"].shape[2] - 1), 0, batch["latent"]
+    batch = dict(batch)
+    m, k = rolling_window(
+        batch, d.rolling_context, d.p_first, gen, rollout=d.self_rollout, p_self=d.p_self
+    )  # fmt: skip
+    z0 = batch["latent"]
+    if not k:
+        return batch, m, 0, z0
+    made = torch.zeros_like(z0[:, :, k:])
+    made[part] = self_rollout(
+        getattr(model, "module", model), mine(z0), mine(batch["ref"]), mine(batch["audio"]),
+        m, k, gen, steps=d.rollout_steps, shift=d.shift, motion_floor=d.rollout_floor,
+    ).cpu()  # fmt: skip
+    batch["latent"], batch["audio"] = z0[:, :, k:], batch["audio"][:, k:]
+    return batch, m, k, made
+
+
 def dit_losses(
     model,
     batch: dict,
@@ -215,23 +238,8 @@ def dit_losses(
     def mine(x: torch.Tensor) -> torch.Tensor:
         return x[part].to(device)
 
-    k = 0
-    if d.rolling_context:
-        batch = dict(batch)
-        motion, k = rolling_window(
-            batch, d.rolling_context, d.p_first, gen, rollout=d.self_rollout, p_self=d.p_self
-        )  # fmt: skip
-    else:
-        motion = min(d.motion_frames, batch["latent"].shape[2] - 1)
+    batch, motion, k, made = _window(model, batch, d, gen, part, mine)
     z0 = batch["latent"]  # (B, C, f, h, w); the true latents
-    made = z0  # the student's input latents: its own context after a self rollout
-    if k:
-        made = torch.zeros_like(z0[:, :, k:])
-        made[part] = self_rollout(
-            getattr(model, "module", model), mine(z0), mine(batch["ref"]), mine(batch["audio"]),
-            motion, k, gen, steps=d.rollout_steps, shift=d.shift, motion_floor=d.rollout_floor,
-        ).cpu()  # fmt: skip
-        z0, batch["audio"] = z0[:, :, k:], batch["audio"][:, k:]
     b, _, f = z0.shape[:3]
     t = _timesteps(d, b, f, motion, gen)  # (B, 1 + f)
     noise = torch.randn(z0.shape, generator=gen)
