@@ -56,7 +56,12 @@ from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
 from readtalk.train.optim import OptimConfig, optimizer_steps
-from readtalk.train.rolling import rolling_window, self_rollout, teacher_velocity
+from readtalk.train.rolling import (
+    model_velocity,
+    rolling_window,
+    self_rollout,
+    teacher_velocity,
+)
 from readtalk.vae.factorised import load_vae
 
 RELEASE_KIND = "readtalk.dit"
@@ -475,13 +480,9 @@ class SampleWriter:
 
     @torch.no_grad()
     def __call__(self, model, step: int) -> dict[str, float]:
-
-        def model_fn(z, t, rm, am, cond):
-            return model(z, t, cond["ref"], cond["audio"], rm, am)
-
         on = self.device
         z = sample_euler(
-            model_fn,
+            model_velocity(model),
             self.noise.to(on),
             timestep_schedule(self.d.sample_steps, self.d.shift),
             cond={"ref": self.batch["ref"].to(on), "audio": self.batch["audio"].to(on)},

@@ -35,7 +35,17 @@ from torch import Tensor
 
 from readtalk.diffusion import Guidance, ans_sample, timestep_schedule
 
-__all__ = ["rolling_window", "self_rollout", "teacher_velocity"]
+__all__ = ["model_velocity", "rolling_window", "self_rollout", "teacher_velocity"]
+
+
+def model_velocity(model: torch.nn.Module):
+    """A DiT as ``readtalk.diffusion``'s ``VelocityModel``: the reference latent and speech
+    codes come from ``cond``."""
+
+    def model_fn(z: Tensor, t: Tensor, rm: Tensor, am: Tensor, cond: dict) -> Tensor:
+        return model(z, t, cond["ref"], cond["audio"], rm, am)
+
+    return model_fn
 
 
 def rolling_window(
@@ -96,20 +106,16 @@ def self_rollout(
     noise comes from ``gen`` (CPU) and is moved to ``latent``'s device."""
     if m < 1 or k < 1 or latent.shape[2] != k + m + 1 or audio.shape[1] != k + m + 1:
         raise ValueError(f"a rollout of k={k} after m={m} needs {k + m + 1} latents and codes")
-    sched = timestep_schedule(steps, shift)
-    g = Guidance("none")
-
-    def model_fn(z: Tensor, tt: Tensor, rm: Tensor, am: Tensor, cond: dict) -> Tensor:
-        return model(z, tt, cond["ref"], cond["audio"], rm, am)
-
+    sched = timestep_schedule(steps, shift).to(latent.device)
+    model_fn, g = model_velocity(model), Guidance("none")
+    shape = (latent.shape[0], latent.shape[1], m + 1, *latent.shape[3:])  # one window
     seq = latent.clone()
     for j in range(m, m + k):
-        shape = (latent.shape[0], latent.shape[1], m + 1, *latent.shape[3:])
         noise = torch.randn(shape, generator=gen).to(latent)
         cond = {"ref": ref, "audio": audio[:, j - m : j + 1]}
         z = ans_sample(
-            model_fn, noise, sched.to(latent.device), motion=seq[:, :, j - m : j], cond=cond,
-            guidance=g, motion_floor=motion_floor,
+            model_fn, noise, sched, motion=seq[:, :, j - m : j], cond=cond, guidance=g,
+            motion_floor=motion_floor,
         )  # fmt: skip
         seq[:, :, j] = z[:, :, -1]
     return seq[:, :, k:]
@@ -126,8 +132,5 @@ def teacher_velocity(
 ) -> Tensor:
     """The teacher's guided velocity (B, C, f, h, w) at ``zt`` with timesteps ``t`` (B, 1 + f)
     and the full condition."""
-
-    def model_fn(z: Tensor, tt: Tensor, rm: Tensor, am: Tensor, cond: dict) -> Tensor:
-        return teacher(z, tt, cond["ref"], cond["audio"], rm, am)
-
-    return guidance.velocity(model_fn, zt, t, {"ref": ref, "audio": audio}).float()
+    cond = {"ref": ref, "audio": audio}
+    return guidance.velocity(model_velocity(teacher), zt, t, cond).float()
