@@ -90,6 +90,9 @@ def test_bench_stream_reports_latency_and_writes_json(model_dir, tmp_path, capsy
     pipe = Pipeline.from_pretrained(model_dir)
     paced = bench_stream(pipe, _face(), _speech(8000), chunk_ms=40, paced=True)
     assert paced.paced and paced.frames == 13 and paced.rtf >= 0.45  # 0.5 s of speech, paced
+    # the machine's own stalls were watched by a second process over the run
+    assert paced.host_stall_max_s is not None and paced.host_stall_max_s >= 0
+    assert paced.host_stalls >= 0 and paced.host_stall_s >= paced.host_stall_max_s
     assert main(["bench", "stream", "--model", str(model_dir), "--chunk-ms", "0"]) == 2
 
 
@@ -102,8 +105,29 @@ def test_a_playback_buffer_moves_the_start_and_absorbs_late_frames():
     held = frame_timing(ready, 0.05)
     assert held["start_s"] == pytest.approx(0.55) and held["underruns"] == 0
     assert held["first_frame_s"] == 0.5 and held["lateness_max_s"] == pytest.approx(-0.01)
+    assert bare["first_underrun_s"] == 0.9 and held["first_underrun_s"] is None
     with pytest.raises(ReadtalkError, match="buffer"):
         bench_stream(None, None, None, buffer_s=-1)
+
+
+def test_host_watch_sees_a_stopped_machine():
+    """A stall of the whole machine shows in the watcher: here its process is stopped (SIGSTOP)
+    for 0.4 s, as a memory-reclaim pause or a hypervisor would stop it."""
+    import signal
+    import time
+
+    from readtalk.profiling import HostWatch
+
+    with HostWatch() as watch:
+        time.sleep(0.5)  # the watcher starts sleeping in its 10-ms loop
+        watch._proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.4)
+        watch._proc.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+    rep = watch.report()
+    assert 0.3 <= rep["host_stall_max_s"] <= 1.0 and rep["host_stalls"] >= 1
+    assert 0.4 <= rep["host_stall_at_s"] <= 0.9  # when the stop began, from the block's start
+    assert set(rep) >= {"cpu_steal_s", "memory_full_s", "io_full_s"}
 
 
 def test_speech_for_has_speech_and_pauses():

@@ -152,6 +152,33 @@ def test_rolling_schedule_within_two_grey_levels(src, tmp_path):
     assert a.frames.std() > 0
 
 
+@pytest.mark.filterwarnings("ignore::readtalk.errors.PortraitWarning")
+def test_a_portrait_refiner_runs_in_torch_under_onnx(src, tmp_path):
+    """A VAE with a portrait refiner: the refiner stays in torch beside the exported frame
+    decoder, and the frames stay within 2 grey levels of torch's."""
+    root = tmp_path / "refined"
+    root.mkdir()
+    for name in ("dit.safetensors", "speechae.safetensors", "pipeline.json"):
+        (root / name).write_bytes((src / name).read_bytes())
+    from readtalk.train.refiner import with_refiner
+    from readtalk.vae.factorised import load_vae
+
+    vae = with_refiner(load_vae(src / "vae.safetensors"), 4, 8)
+    with torch.no_grad():
+        vae.refiner.head.bias[3] = 0.0  # half the portrait itself: visibly used
+    vae.save(root / "vae.safetensors")
+    export_onnx(root, tmp_path / "onnx")
+    a_pipe = Pipeline.from_pretrained(root)
+    b_pipe = Pipeline.from_pretrained(tmp_path / "onnx", runtime="onnx")
+    plain = Pipeline.from_pretrained(src)
+    audio = _speech(20 * SAMPLES_PER_FRAME, seed=2)
+    a, b = (p(_face(), audio, seed=4, progress=False).frames for p in (a_pipe, b_pipe))
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert a.shape == (20, 64, 64, 3) and diff.max() <= 2, diff.max()
+    base = plain(_face(), audio, seed=4, progress=False).frames
+    assert np.abs(a.astype(np.int16) - base.astype(np.int16)).mean() > 1  # the refiner ran
+
+
 def test_video_vae_and_audio_window(tmp_path):
     """A model folder with a (non-factorised) video VAE exports its DiT only (the decoder
     stays torch); a DiT whose frames attend to neighbouring speech codes (``audio_window``)

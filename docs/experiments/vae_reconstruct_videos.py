@@ -7,6 +7,7 @@ of docs/results.md: the best any DiT on these latents can do).
 
 Each video is encoded whole (posterior mean) and decoded piece by piece, by either kind of VAE
 (``load_vae``); a frame count that is not 8k+1 is cut to the largest 8k+1 and the audio with it.
+A VAE with a portrait refiner decodes with the clip's reference portrait, as generation does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from readtalk.data.manifest import load_manifest, resolve
 from readtalk.media import VideoWriter, load_audio, read_video, to_tensor, to_uint8
+from readtalk.train.vae import portrait_tensor
 from readtalk.vae.factorised import load_vae
 
 
@@ -39,8 +41,15 @@ def main() -> None:
         frames = read_video(resolve(rec, "video"))
         n = 1 + 8 * ((len(frames) - 1) // 8)
         audio = load_audio(resolve(rec, "video"))[: n * 640]
+        ref = None
+        if getattr(vae, "refiner", None) is not None:
+            ref = vae.reference(portrait_tensor(rec, frames.shape[1]))
         with torch.no_grad():
-            video = vae.decode(vae.encode(to_tensor(frames[:n])[None]), piece=16)
+            video = vae.decode(
+                vae.encode(to_tensor(frames[:n])[None]),
+                piece=16,
+                **({"reference": ref} if ref is not None else {}),
+            )
         h, w = frames.shape[1:3]
         with VideoWriter(out / f"{rec['id']}.mp4", w, h, fps=25) as vw:
             vw.add_audio(audio)

@@ -37,6 +37,7 @@ from readtalk.media import (
     load_audio,
 )
 from readtalk.pipeline import Pipeline
+from readtalk.profiling import HostWatch
 from readtalk.session import Session
 from readtalk.settings import GenerationSettings
 
@@ -112,6 +113,17 @@ class StreamReport:
     # after the first WARM_FRAMES frames (the models' and the allocator's working set is
     # built by then; growth after it is what an hours-long session would keep adding)
     rss_warm_mb: float | None = None
+    # when the first late frame was ready (s after the first sample; None: none was late)
+    first_underrun_s: float | None = None
+    # the machine's own stalls over the run (``profiling.HostWatch``; None where unmeasured):
+    # the longest time a separate idle process could not run, and when it began
+    host_stall_max_s: float | None = None
+    host_stall_at_s: float | None = None
+    host_stalls: int | None = None
+    host_stall_s: float | None = None
+    cpu_steal_s: float | None = None
+    memory_full_s: float | None = None
+    io_full_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +150,26 @@ class StreamReport:
                 else f" ({self.rss_warm_mb:.0f} MB after the first {WARM_FRAMES} frames: "
                 f"{self.rss_end_mb - self.rss_warm_mb:+.0f} MB since)"
             ),
+            *self._host_line(),
+        ]
+
+    def _host_line(self) -> list[str]:
+        if self.host_stall_max_s is None:
+            return []
+        where = "" if self.host_stall_at_s is None else f" at {self.host_stall_at_s:.1f} s"
+        late = (
+            ""
+            if self.first_underrun_s is None
+            else f"; first late frame at {self.first_underrun_s:.1f} s"
+        )
+        extra = ", ".join(
+            f"{name} {v:.2f} s"
+            for name, v in (("CPU steal", self.cpu_steal_s), ("memory stall", self.memory_full_s))
+            if v is not None
+        )
+        return [
+            f"  machine: longest stall of an idle process {self.host_stall_max_s:.3f} s{where} "
+            f"({self.host_stalls} over 0.05 s){late}" + (f"; {extra}" if extra else "")
         ]
 
 
@@ -163,6 +195,7 @@ class _Clock:
         self.samples = 0
         self.ready: list[float] = []
         self.rss_warm: float | None = None
+        self.offset = 0.0  # a HostWatch's start minus this clock's (its times -> this clock's)
 
     def before_push(self, n: int) -> None:
         """Paced: wait until the piece's last sample would have been spoken."""
@@ -180,16 +213,22 @@ class _Clock:
             self.rss_warm = rss_mb()
 
     def report(
-        self, pipe_settings: GenerationSettings, chunk_ms: float, rss0: float
+        self,
+        pipe_settings: GenerationSettings,
+        chunk_ms: float,
+        rss0: float,
+        host: dict | None = None,
     ) -> StreamReport:
         wall = time.perf_counter() - self.t0
         audio_s = self.samples / SAMPLE_RATE
+        if host and host.get("host_stall_at_s") is not None:  # to this clock's origin
+            host = {**host, "host_stall_at_s": host["host_stall_at_s"] + self.offset}
         return StreamReport(
             audio_s=audio_s, frames=len(self.ready), chunk_ms=chunk_ms, paced=self.paced,
             wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready, self.buffer_s),
             rss_start_mb=rss0, rss_end_mb=rss_mb(), clip_frames=pipe_settings.clip_frames,
             steps=pipe_settings.steps, rss_warm_mb=self.rss_warm, buffer_s=self.buffer_s,
-            schedule=pipe_settings.schedule,
+            schedule=pipe_settings.schedule, **(host or {}),
         )  # fmt: skip
 
 
@@ -204,7 +243,9 @@ def frame_timing(ready: list[float] | np.ndarray, buffer_s: float = 0.0) -> dict
     first = float(ready[0])
     start = first + buffer_s
     late = ready - (start + np.arange(len(ready)) / FPS)
+    over = np.flatnonzero(late > 1e-3)
     return {
+        "first_underrun_s": float(ready[over[0]]) if len(over) else None,
         "first_frame_s": first, "start_s": start, "lateness_p50_s": float(np.percentile(late, 50)),
         "lateness_p95_s": float(np.percentile(late, 95)), "lateness_max_s": float(late.max()),
         "underruns": int((late > 1e-3).sum()),
@@ -256,7 +297,8 @@ def run_live(
     ``out`` (playable while it grows), the speech muxed as it arrives; returns the timings."""
     session = pipe.stream(image, settings, crop=crop)
     clock, rss0 = _Clock(paced), rss_mb()
-    with LiveVideoWriter(out, pipe.size, pipe.size) as vw:
+    with HostWatch() as host, LiveVideoWriter(out, pipe.size, pipe.size) as vw:
+        clock.offset = host.t0 - clock.t0
 
         def write(piece: np.ndarray | None, frames: list[np.ndarray]) -> None:
             if piece is not None:
@@ -265,7 +307,7 @@ def run_live(
                 vw.write(frame)
 
         _drive(session, speech, clock, write)
-    return clock.report(session.settings, chunk_ms, rss0)
+    return clock.report(session.settings, chunk_ms, rss0, host.report())
 
 
 def bench_stream(
@@ -286,11 +328,13 @@ def bench_stream(
     if buffer_s < 0:
         raise ReadtalkError(f"the playback buffer must be >= 0 s, got {buffer_s}")
     session = pipe.stream(image, settings)
-    clock, rss0 = _Clock(paced, buffer_s), rss_mb()
     total = frames_for_samples(len(audio))
-    with tqdm(total=total, unit="frame", desc="stream", disable=not progress) as bar:
-        _drive(session, pieces(audio, chunk), clock, lambda _p, frames: bar.update(len(frames)))
-    return clock.report(session.settings, chunk_ms, rss0)
+    with HostWatch() as host:
+        clock, rss0 = _Clock(paced, buffer_s), rss_mb()
+        clock.offset = host.t0 - clock.t0
+        with tqdm(total=total, unit="frame", desc="stream", disable=not progress) as bar:
+            _drive(session, pieces(audio, chunk), clock, lambda _p, f: bar.update(len(f)))
+    return clock.report(session.settings, chunk_ms, rss0, host.report())
 
 
 def speech_source(audio: str, chunk_ms: float) -> Iterator[np.ndarray]:

@@ -21,8 +21,8 @@
   ``z (n, C, 1, h, w) -> frames (n, 3, 1, H, W)`` with ``n`` dynamic: the call
   ``FactorisedVAE.decode_frames`` makes for every 16 decoded frames.
 
-The rest (Whisper front end and SpeechAE, the VAE encoder and packer, the sampling loop, ANS)
-is cheap next to these two and stays in torch.
+The rest (Whisper front end and SpeechAE, the VAE encoder and packer, a VAE's portrait
+refiner, the sampling loop, ANS) is cheap next to these two and stays in torch.
 
 **An ONNX folder** is a complete model folder: the three ``*.safetensors`` and
 ``pipeline.json`` are copied from the source (the torch runtime loads the folder as is; the

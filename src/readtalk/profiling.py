@@ -18,13 +18,17 @@ session's lock.
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["StageTimes", "matmul_peak"]
+__all__ = ["HostWatch", "StageTimes", "matmul_peak"]
 
 
 class StageTimes:
@@ -94,3 +98,110 @@ def matmul_peak(dtype, device=None, *, budget_s: float = 1.0, max_n: int = 2048)
             break
         n *= 2
     return {"dtype": str(dtype).replace("torch.", ""), "n": size, "gflops": best}
+
+
+# ----------------------------------------------------------------------- the machine's stalls
+
+# A separate process that sleeps 10 ms at a time and reports the gaps between its wake-ups
+# beyond that: if it, too, could not run for a second while a session was late, the machine
+# paused every process (memory reclaim, a hypervisor's steal), not the session's work.
+_WATCHER = r"""
+import sys, threading, time
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+tick, gaps, last = 0.01, [], time.perf_counter()
+while not done.is_set():
+    time.sleep(tick)
+    now = time.perf_counter()
+    if now - last - tick > 0.05:
+        gaps.append((round(last, 4), round(now - last - tick, 4)))
+    last = now
+print(repr(gaps))
+"""
+
+
+def _proc_stat_steal_s() -> float | None:
+    """Jiffies every CPU was stolen by the hypervisor since boot, in seconds (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _pressure_full_s(kind: str) -> float | None:
+    """Linux PSI: seconds in which every task waited on ``kind`` ("memory", "io"), since boot."""
+    try:
+        with open(f"/proc/pressure/{kind}") as f:
+            for line in f:
+                if line.startswith("full"):
+                    return int(line.split("total=")[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+class HostWatch:
+    """Measures how the machine itself stalled during a ``with`` block: ``report()`` gives
+    ``host_stall_max_s`` (the longest a separate, idle process could not run, beyond its 10-ms
+    sleep; None if it could not be started), ``host_stalls`` (how many such gaps over 0.05 s),
+    ``host_stall_s`` (their total), ``host_stall_at_s`` (when the longest began, in seconds
+    after the block's start), and, where Linux exposes them, ``cpu_steal_s`` (time the
+    hypervisor ran something else) and ``memory_full_s`` / ``io_full_s`` (PSI: time every task
+    waited on memory or I/O)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self.t0 = 0.0
+        self._start: dict[str, float | None] = {}
+        self.gaps: list[tuple[float, float]] = []
+
+    def _counters(self) -> dict[str, float | None]:
+        return {
+            "cpu_steal_s": _proc_stat_steal_s(),
+            "memory_full_s": _pressure_full_s("memory"),
+            "io_full_s": _pressure_full_s("io"),
+        }
+
+    def __enter__(self) -> HostWatch:
+        self._start = self._counters()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WATCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        except OSError:
+            self._proc = None
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        try:
+            out, _ = self._proc.communicate("", timeout=10)
+            gaps = ast.literal_eval(out.strip() or "[]")
+        except (subprocess.TimeoutExpired, ValueError, SyntaxError):
+            self._proc.kill()
+            gaps = None
+        # perf_counter is the same clock in both processes (CLOCK_MONOTONIC on Linux)
+        self.gaps = [(t - self.t0, g) for t, g in gaps] if gaps is not None else []
+        if gaps is None:
+            self._proc = None
+
+    def report(self) -> dict[str, float | int | None]:
+        end = self._counters()
+        out: dict[str, float | int | None] = {
+            k: (None if v is None or self._start.get(k) is None else round(v - self._start[k], 3))
+            for k, v in end.items()
+        }
+        if self._proc is None:
+            return {**out, "host_stall_max_s": None, "host_stalls": None, "host_stall_s": None,
+                    "host_stall_at_s": None}  # fmt: skip
+        longest = max(self.gaps, key=lambda tg: tg[1], default=(None, 0.0))
+        return {
+            **out, "host_stall_max_s": round(longest[1], 3), "host_stalls": len(self.gaps),
+            "host_stall_s": round(sum(g for _, g in self.gaps), 3),
+            "host_stall_at_s": None if longest[0] is None else round(longest[0], 3),
+        }  # fmt: skip

@@ -27,7 +27,8 @@ its audio and the speech window's lookahead have arrived; the speech codes are p
 
 **Decoding.** A later clip's new latents are decoded after the last ``decode_context``
 latents before them, so the causal VAE decoder continues one latent sequence instead of
-starting afresh at every clip.
+starting afresh at every clip. A VAE with a portrait refiner (``vae.refiner``) decodes every
+frame with the portrait's detail (``FactorisedVAE.reference``, prepared once per session).
 
 Determinism: the noise of every clip is drawn in order from one ``torch.Generator`` seeded
 with ``settings.seed`` on the sampling device. Thread safety: ``push`` and ``flush`` hold a
@@ -150,7 +151,11 @@ class Session:
         self.times = StageTimes()
         dev = models.device
         with torch.no_grad():
-            self._ref = models.encode(to_tensor(portrait[None])[None])  # (1, C, 1, h, w)
+            image = to_tensor(portrait[None])[None]  # (1, 3, 1, H, W)
+            self._ref = models.encode(image)  # (1, C, 1, h, w)
+            # a VAE with a portrait refiner decodes every frame with the portrait's detail
+            prepare = getattr(models.vae, "reference", None)
+            self._refine = prepare(image[:, :, 0].to(dev, models.dtype)) if prepare else None
         _, c, _, h, w = self._ref.shape
         self._shape = (1, c, h, w)
         self._gen = torch.Generator(device=dev).manual_seed(settings.seed)
@@ -329,7 +334,8 @@ class Session:
         state = self._decode_state if self._carry else None
         ov = self._ov
         vae, blend = self.models.vae, self.settings.group_blend
-        runs = vae.iter_decode(latent, prefix=prefix, state=state, blend=blend)
+        more = {} if self._refine is None else {"reference": self._refine}
+        runs = vae.iter_decode(latent, prefix=prefix, state=state, blend=blend, **more)
         while True:
             with self.times.stage("decode"):
                 run = next(runs, None)
@@ -353,3 +359,4 @@ class Session:
         self._tail = self._history = self._prev = None
         self._decode_state = {}
         self._codes_of = {}
+        self._refine = None

@@ -1,5 +1,5 @@
-"""``readtalk train vae | packer | speech | dit | syncnet``: one stage each, with the shared run
-options (``--config``, ``--set``, ``--resume``; ``cli.common.add_train_args``)."""
+"""``readtalk train vae | packer | refiner | speech | dit | syncnet``: one stage each, with the
+shared run options (``--config``, ``--set``, ``--resume``; ``cli.common.add_train_args``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def cmd_train_packer(a: argparse.Namespace) -> None:
 
     cfg = train_config(PackerRunConfig, a, {"vae": a.vae})
     report_release(train_packer(cfg, a.out, resume=a.resume, progress=not a.quiet), a.out)
+
+
+def cmd_train_refiner(a: argparse.Namespace) -> None:
+    from readtalk.train.refiner import RefinerRunConfig, train_refiner
+
+    cfg = train_config(RefinerRunConfig, a, {"vae": a.vae})
+    report_release(train_refiner(cfg, a.out, resume=a.resume, progress=not a.quiet), a.out)
 
 
 def cmd_train_speech(a: argparse.Namespace) -> None:
@@ -78,6 +85,15 @@ def register(sub) -> None:
     add_train_args(p)
     p.add_argument("--vae", default=None, help="the frame VAE (vae.safetensors, kept frozen)")
     p.set_defaults(func=cmd_train_packer)
+
+    p = train.add_parser(
+        "refiner",
+        help="add a portrait refiner to a factorised VAE: decoded frames take the portrait's "
+        "detail (latents and DiT unchanged)",
+    )
+    add_train_args(p)
+    p.add_argument("--vae", default=None, help="the factorised VAE (vae.safetensors, frozen)")
+    p.set_defaults(func=cmd_train_refiner)
 
     p = train.add_parser("speech", help="pre-train the SpeechAE on a dataset's speech")
     add_train_args(p)

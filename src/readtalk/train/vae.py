@@ -29,7 +29,7 @@ from readtalk.errors import ReadtalkError
 from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.eval.pixel import psnr, sharpness_ratio, ssim
 from readtalk.eval.regions import REGIONS, has_geometry, synthtalk_regions
-from readtalk.media import fit_size, read_video, to_tensor, to_uint8, to_unit
+from readtalk.media import fit_size, read_image, read_video, to_tensor, to_uint8, to_unit
 from readtalk.release import peek_safetensors
 from readtalk.train import dist
 from readtalk.train.adversarial import (
@@ -160,9 +160,14 @@ def weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(vae, video: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean) and decode (B, 3, F, H, W) in [-1, 1]."""
-    return vae.decode(vae.encode(video)).clamp(-1, 1)
+def reconstruct(vae, video: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode (posterior mean) and decode (B, 3, F, H, W) in [-1, 1]; ``reference`` (B, 3, H, W):
+    a portrait for a VAE with a refiner (``FactorisedVAE.reference``), else ignored."""
+    z = vae.encode(video)
+    prepare = getattr(vae, "reference", None)
+    if reference is None or prepare is None or getattr(vae, "refiner", None) is None:
+        return vae.decode(z).clamp(-1, 1)
+    return vae.decode(z, reference=prepare(reference)).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -171,6 +176,7 @@ def evaluate_videos(
     videos: list[torch.Tensor],
     mouth: bool = False,
     regions: list[dict[str, np.ndarray] | None] | None = None,
+    references: list[torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
     """Mean PSNR, SSIM and sharpness (the Laplacian-variance ratio, reconstruction over input:
     ``eval.pixel.sharpness_ratio``, < 1 blurred) over (3, F, H, W) videos in [-1, 1]; with
@@ -181,12 +187,13 @@ def evaluate_videos(
     (``mouth_corr``, pooled over all frames), the fraction of frames with an open mouth in the
     input whose reconstruction shows one too (``mouth_visible``), and, tolerant of blur, the mean
     per-clip correlation of the input's gap with the reconstruction's darkness at the input's
-    mouth (``mouth_dark_corr``)."""
+    mouth (``mouth_dark_corr``). ``references`` (per video, a (1, 3, H, W) portrait or None): what
+    a VAE with a refiner decodes with (``reconstruct``)."""
 
     ps, ss, src, out, dark = [], [], [], [], []
     sharp: dict[str, list[float]] = {"sharpness": []}
     for i, v in enumerate(videos):
-        rec = reconstruct(vae, v[None])
+        rec = reconstruct(vae, v[None], references[i] if references else None)
         ps.append(psnr(to_unit(rec), to_unit(v[None])))
         ss.append(ssim(to_unit(rec), to_unit(v[None])))
         rec_u, v_u = to_unit(rec), to_unit(v[None])  # (F, 3, H, W)
@@ -415,14 +422,15 @@ def vae_report(
 ) -> dict[str, dict[str, float]]:
     """PSNR, SSIM and sharpness of a trained VAE's reconstructions of a dataset's test split and
     of real footage (``evaluate_videos``); the mouth and eye sharpness on SynthTalk clips, whose
-    tracks give the boxes."""
+    tracks give the boxes. A VAE with a portrait refiner decodes with each clip's reference
+    portrait (the first frame where a clip has none, and for real footage)."""
 
     vae = load_vae(weights).eval()
     out = {}
     if data:
         recs = load_manifest(data, "test")
         size = int(recs[0].get("size") or 0)
-        vids, regions = [], []
+        vids, regions, refs = [], [], []
         for rec in recs[:clips] if clips else recs:
             got = eval_videos([rec], frames, size, 0)  # [] for a clip shorter than ``frames``
             if got:
@@ -431,8 +439,25 @@ def vae_report(
                 geo = synthtalk_regions(track, h, frames) if has_geometry(track) else None
                 vids.append(got[0])
                 regions.append(geo)
+                refs.append(portrait_tensor(rec, h) if rec.get("ref") else got[0][None, :, 0])
         vids = list(tqdm(vids, desc="vae eval", disable=not progress))
-        out["test"] = evaluate_videos(vae, vids, mouth=is_synthtalk(data), regions=regions)
+        out["test"] = evaluate_videos(
+            vae, vids, mouth=is_synthtalk(data), regions=regions, references=refs
+        )
     if real:
-        out["real"] = {**evaluate_videos(vae, [real_footage(real, frames)]), "video": str(real)}
+        video = real_footage(real, frames)
+        out["real"] = {
+            **evaluate_videos(vae, [video], references=[video[None, :, 0]]),
+            "video": str(real),
+        }
     return out
+
+
+def portrait(rec: dict, size: int) -> np.ndarray:
+    """A clip's reference portrait, uint8 (size, size, 3), framed as generation frames it."""
+    return fit_size(read_image(resolve(rec, "ref"))[None], size)[0]
+
+
+def portrait_tensor(rec: dict, size: int) -> torch.Tensor:
+    """``portrait`` as a model input: (1, 3, H, W) in [-1, 1]."""
+    return to_tensor(portrait(rec, size)[None])[None][:, :, 0]

@@ -30,6 +30,7 @@ refused rather than silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ from readtalk.vae.codec import (
 from readtalk.vae.config import VAEConfig, _check_frames_and_size
 from readtalk.vae.ltx_weights import _read, _require
 from readtalk.vae.model import VideoVAE
+from readtalk.vae.refiner import Reference, Refiner
 
 FACTORISED_FORMAT = "readtalk-fvae/1"
 FRAME_CHUNK = 16  # frames coded by the frame VAE at once (bounds memory on long clips)
@@ -69,6 +71,10 @@ class FactorisedConfig:
     group: int = 8  # frames per packed latent (the temporal factor)
     residual: bool = False  # the decoder predicts each frame's change from the context frame
     scaling_factor: float = 1.0  # as VAEConfig's: normalized = (z - mean) * factor / std
+    # > 0: a portrait refiner (``vae.refiner``) of this width copies the portrait's detail into
+    # decoded frames when a reference is given; 0: none
+    refiner_width: int = 0
+    refiner_scale: int = 8  # the refiner's flow network works at 1/refiner_scale resolution
 
     def __post_init__(self) -> None:
         if self.channels != self.frame.latent_channels:
@@ -78,6 +84,11 @@ class FactorisedConfig:
             )
         if self.width < 1 or self.group < 1:
             raise ReadtalkError(f"width and group must be >= 1, got {self.width}, {self.group}")
+        if self.refiner_width < 0 or self.refiner_scale < 1:
+            raise ReadtalkError(
+                f"refiner_width must be >= 0 and refiner_scale >= 1, got {self.refiner_width}, "
+                f"{self.refiner_scale}"
+            )
 
     @property
     def name(self) -> str:
@@ -110,7 +121,7 @@ class FactorisedConfig:
         return 1 + self.group * (latent_frames - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "frame": self.frame.to_dict(),
             "channels": self.channels,
             "width": self.width,
@@ -118,10 +129,14 @@ class FactorisedConfig:
             "residual": self.residual,
             "scaling_factor": self.scaling_factor,
         }
+        if self.refiner_width:  # files without a refiner stay as they were
+            out.update(refiner_width=self.refiner_width, refiner_scale=self.refiner_scale)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactorisedConfig:
-        known = {"channels", "width", "group", "residual", "scaling_factor"}
+        known = {"channels", "width", "group", "residual", "scaling_factor", "refiner_width"}
+        known.add("refiner_scale")
         return cls(
             frame=VAEConfig.from_dict(data["frame"]), **{k: data[k] for k in known if k in data}
         )
@@ -195,11 +210,13 @@ class FactorisedVAE(LatentCodec):
         self.config = config
         self.frame = frame if frame is not None else VideoVAE(config.frame, meta=meta)
         c, k = config.frame.latent_channels, config.channels
-        if meta:
-            with torch.device("meta"):
-                self.packer = Packer(c, k, config.width, config.group, config.residual)
-        else:
+        with torch.device("meta") if meta else contextlib.nullcontext():
             self.packer = Packer(c, k, config.width, config.group, config.residual)
+            self.refiner = (
+                Refiner(config.refiner_width, config.refiner_scale)
+                if config.refiner_width
+                else None
+            )
         self.register_buffer("frame_mean", torch.zeros(c))
         self.register_buffer("frame_std", torch.ones(c))
         self.register_buffer("latents_mean", torch.zeros(k))
@@ -240,15 +257,46 @@ class FactorisedVAE(LatentCodec):
         """``frame_means``, standardised: what the packer takes."""
         return self._std(self.frame_means(video))
 
-    def decode_frames(self, s: Tensor, clamp: bool = True) -> Tensor:
-        """(B, n, C, h, w) standardised per-frame latents -> video (B, 3, n, H, W)."""
+    def decode_frames(
+        self, s: Tensor, clamp: bool = True, reference: Reference | None = None
+    ) -> Tensor:
+        """(B, n, C, h, w) standardised per-frame latents -> video (B, 3, n, H, W).
+
+        ``reference`` (``self.reference(portrait)``, B = 1 or the batch's B): refine every frame
+        with the portrait's detail (VAEs with a refiner; None: the frame decoder's frames)."""
         b, n = s.shape[:2]
         z = self._unstd(s).flatten(0, 1)[:, :, None].to(self.frame.dtype)  # (B n, C, 1, h, w)
         out = torch.cat(
             [self.frame.ae.decoder(z[i : i + FRAME_CHUNK]) for i in range(0, b * n, FRAME_CHUNK)]
         )[:, :, 0]  # (B n, 3, H, W)
+        if reference is not None and self.refiner is not None:
+            ref = reference.to(out.device, out.dtype)
+            if ref.pair.shape[0] not in (1, b):
+                raise ReadtalkError(f"{ref.pair.shape[0]} references for a batch of {b}")
+            if ref.pair.shape[0] > 1:  # one portrait per batch row, each for its n frames
+                out = self.refiner(out, ref.rows(n))
+            else:
+                out = torch.cat(
+                    [
+                        self.refiner(out[i : i + FRAME_CHUNK], ref)
+                        for i in range(0, b * n, FRAME_CHUNK)
+                    ]
+                )
         video = out.unflatten(0, (b, n)).permute(0, 2, 1, 3, 4)
         return video.clamp(-1.0, 1.0) if clamp else video
+
+    @torch.no_grad()
+    def reference(self, image: Tensor) -> Reference | None:
+        """A portrait (B, 3, H, W) in [-1, 1] prepared for ``decode_frames(reference=)``: the
+        portrait and its own round trip through the frame VAE (None without a refiner)."""
+        if self.refiner is None:
+            return None
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ReadtalkError(f"a reference portrait is (B, 3, H, W), got {tuple(image.shape)}")
+        x = image.to(self.device, self.frame.dtype)
+        self.check_video(x[:, :, None])
+        blurred = self.decode_frames(self.frame_latents(x[:, :, None]))[:, :, 0]
+        return self.refiner.prepare(x, blurred)
 
     # ---- encoding
 
@@ -310,8 +358,11 @@ class FactorisedVAE(LatentCodec):
         prefix: Tensor | None = None,
         state: dict | None = None,
         blend: int = 0,
+        reference: Reference | None = None,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latents at a time (default 2), yielding runs of video frames.
+
+        ``reference`` (``self.reference(portrait)``): frames refined with the portrait's detail.
 
         ``blend``: spread the step into every 8-frame group over its first ``blend`` frames
         (``blend_group_start``; 0: as decoded).
@@ -352,7 +403,9 @@ class FactorisedVAE(LatentCodec):
             raise ReadtalkError(
                 f"blend must lie in [0, {self.config.temporal_factor - 1}] frames, got {blend}"
             )
-        return self._iter_decode(latent.to(self.dtype), last, first, piece, clamp, state, blend)
+        return self._iter_decode(
+            latent.to(self.dtype), last, first, piece, clamp, state, blend, reference
+        )
 
     def _iter_decode(
         self,
@@ -363,6 +416,7 @@ class FactorisedVAE(LatentCodec):
         clamp: bool,
         state: dict | None,
         blend: int = 0,
+        reference: Reference | None = None,
     ) -> Iterator[Tensor]:
         buf: list[Tensor] = []
         for i, run in enumerate(self.unpack(latent, last, first, blend)):
@@ -371,12 +425,21 @@ class FactorisedVAE(LatentCodec):
                 frames = torch.cat(buf, dim=1)
                 if state is not None:
                     state["last"] = frames[:, -1]
-                yield self.decode_frames(frames, clamp)
+                yield self.decode_frames(frames, clamp, reference)
                 buf = []
 
-    def decode(self, latent: Tensor, *, clamp: bool = True, piece: int | None = None) -> Tensor:
-        """Video ``(B, 3, F, H, W)`` from a latent ``(B, K, f, h, w)``; ``F = 1 + 8 (f - 1)``."""
-        return torch.cat(list(self.iter_decode(latent, piece=piece, clamp=clamp)), dim=2)
+    def decode(
+        self,
+        latent: Tensor,
+        *,
+        clamp: bool = True,
+        piece: int | None = None,
+        reference: Reference | None = None,
+    ) -> Tensor:
+        """Video ``(B, 3, F, H, W)`` from a latent ``(B, K, f, h, w)``; ``F = 1 + 8 (f - 1)``.
+        ``reference``: refine with a portrait (``iter_decode``)."""
+        it = self.iter_decode(latent, piece=piece, clamp=clamp, reference=reference)
+        return torch.cat(list(it), dim=2)
 
     def decode_pieces(
         self,
