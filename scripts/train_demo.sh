@@ -79,6 +79,10 @@ DECODER_PRE_STEPS=${DECODER_PRE_STEPS:-${d[5]}}
 DECODER_STEPS=${DECODER_STEPS:-${d[6]}}
 DECODER_MOUTH_WEIGHT=${DECODER_MOUTH_WEIGHT:-30}
 DECODER_LR=${DECODER_LR:-2e-4}
+# the portrait refiner on the finished VAE (docs/stage1.md, "Copying the portrait's detail"; 0:
+# none): latents and DiT unchanged, frames decoded with the portrait's detail
+REFINER_STEPS=${REFINER_STEPS:-3000}
+REFINER_CLIPS=${REFINER_CLIPS:-600}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
@@ -175,6 +179,14 @@ fi
 stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
     decoder "$RUNS/fdec" "$dec_init" "$DECODER_STEPS" "$DECODER_MOUTH_WEIGHT" "$DECODER_LR"
 
+vae="$RUNS/fdec/vae.safetensors"  # what the model folder ships
+if [ "$REFINER_STEPS" != 0 ]; then
+    stage refiner "$RUNS/refiner/vae.safetensors" "$RUNS/refiner" -- \
+        "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner" \
+        --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" --set train.threads="$THREADS"
+    vae="$RUNS/refiner/vae.safetensors"
+fi
+
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists
 stage cache "$RUNS/cache/meta.json" "" -- \
     "$RT" cache "${q[@]}" --data "$DATA" --vae "$RUNS/fdec/vae.safetensors" --speech "$RUNS/speech" \
@@ -188,7 +200,7 @@ stage dit "$RUNS/dit/dit.safetensors" "$RUNS/dit" -- \
 
 # export writes the model folder in seconds (no progress bar, so no --quiet)
 stage export "$MODEL/pipeline.json" "" -- \
-    "$RT" export --vae "$RUNS/fdec/vae.safetensors" --speech "$RUNS/speech" --dit "$RUNS/dit" \
+    "$RT" export --vae "$vae" --speech "$RUNS/speech" --dit "$RUNS/dit" \
     --out "$MODEL" --set steps=4
 
 echo "model: $MODEL (stage seconds in $times)"

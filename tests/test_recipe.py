@@ -19,6 +19,7 @@ STAGES = [
     "packer-chains",
     "frame-decoder-pre",
     "frame-decoder",
+    "refiner",
     "cache",
     "dit",
     "export",
@@ -31,7 +32,7 @@ TINY = {  # every stage at debug size, two steps
     "VAE_FRAME_BANK": "2", "VAE_BATCH": "4", "PHASE3_STEPS": "2",
     "DECODER_PRE_STEPS": "2",
     "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "DECODER_STEPS": "2", "PACKER_WINDOW": "33",
-    "PACKER_EVAL_CLIPS": "1",
+    "PACKER_EVAL_CLIPS": "1", "REFINER_STEPS": "2", "REFINER_CLIPS": "2",
     "WINDOW": "17", "DIT_SIZE": "debug", "DIT_STEPS": "2", "DIT_EVAL_EVERY": "2",
     "DIT_SAMPLES": "1", "QUIET": "1", "THREADS": "1",
 }  # fmt: skip
@@ -63,6 +64,7 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     model = tmp_path / "runs" / "model"
     pipe = Pipeline.from_pretrained(model)
     assert pipe.settings().steps == 4  # the shipped model's sampling default
+    assert pipe.models.vae.refiner is not None  # the model folder's VAE has the refiner
     # a second run skips every finished stage
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

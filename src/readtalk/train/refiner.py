@@ -47,16 +47,16 @@ DATA = "refiner_data.pt"
 class RefinerRunConfig:
     data: str = ""
     vae: str = ""  # a factorised VAE; its refiner (if any) is where training starts
-    width: int = 32  # the refiner's flow network width (a new refiner; ignored with one in vae)
-    scale: int = 8  # its resolution divisor
+    width: int = 16  # the refiner's flow network width (a new refiner; ignored with one in vae)
+    scale: int = 4  # its resolution divisor
     clips: int = 600  # training clips reconstructed (0: all)
     window: int = 33  # frames of each clip encoded and decoded, 8k+1
     frames_per_clip: int = 8  # evenly spaced frames of the window kept for training
     grad_weight: float = 1.0
     # extra loss weight inside each frame's mouth box and eye boxes (SynthTalk tracks; other
     # data: ignored): the mouth must keep its own shape, not take the closed portrait's
-    mouth_weight: float = 0.0
-    eye_weight: float = 0.0
+    mouth_weight: float = 8.0
+    eye_weight: float = 2.0
     flip: bool = True
     eval_clips: int = 8
     eval_frames: int = 33

@@ -74,7 +74,7 @@ class FactorisedConfig:
     # > 0: a portrait refiner (``vae.refiner``) of this width copies the portrait's detail into
     # decoded frames when a reference is given; 0: none
     refiner_width: int = 0
-    refiner_scale: int = 8  # the refiner's flow network works at 1/refiner_scale resolution
+    refiner_scale: int = 4  # the refiner's flow network works at 1/refiner_scale resolution
 
     def __post_init__(self) -> None:
         if self.channels != self.frame.latent_channels:
