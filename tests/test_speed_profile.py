@@ -153,3 +153,20 @@ def test_dtype_auto_picks_bf16_only_where_it_is_fast():
     want = torch.bfloat16 if fast_bf16("cpu") else torch.float32
     assert resolve_dtype("auto", "cpu") == want
     assert resolve_dtype("float32", "cpu") == torch.float32
+
+
+def test_a_rolling_model_counts_one_latents_short_speech_window():
+    """The shipped model's speech codes come per latent from a 2-s window, not a clip's 30-s
+    Whisper window: its "speech" stage FLOPs are that window's (a tenth of the clip's or less)."""
+    import numpy as np
+
+    from readtalk.bench_profile import count_flops, stage_flops
+    from readtalk.speech.speechae import window_codes
+
+    pipe = Pipeline.from_pretrained()
+    st, md = pipe.settings(), pipe.models
+    assert md.speech_window is not None
+    speech = np.zeros(st.clip_frames * 640, np.float32)
+    clip = count_flops(lambda: window_codes(md.speechae, md.front_end, speech, 0, st.clip_frames))
+    per_latent = stage_flops(pipe, st)["speech"]
+    assert 0 < per_latent < 0.1 * clip

@@ -36,6 +36,7 @@ from readtalk.live import speech_for
 from readtalk.media import SAMPLES_PER_FRAME
 from readtalk.pipeline import Pipeline
 from readtalk.profiling import matmul_peak
+from readtalk.speech.rolling import latent_codes
 from readtalk.speech.speechae import window_codes
 
 __all__ = [
@@ -92,11 +93,19 @@ def stage_flops(pipe: Any, settings: Any) -> dict[str, float]:
     more = {} if ref_px is None else {"reference": ref_px}
     return {
         "dit": count_flops(lambda: md.velocity(x, t, keep, keep, cond)),
-        "speech": count_flops(lambda: window_codes(md.speechae, md.front_end, speech, 0, frames)),
+        "speech": count_flops(lambda: speech_call(md, speech, frames)),
         "decode": count_flops(lambda: list(md.vae.iter_decode(latent.to(md.dtype), **more)))
         / frames,
         "encode": count_flops(lambda: md.encode(pixels)),
     }
+
+
+def speech_call(md: Any, speech: np.ndarray, frames: int) -> torch.Tensor:
+    """What one "speech" stage entry of a session computes: a clip window's codes, or with
+    per-latent codes (the rolling schedule) one latent's, from its own short window."""
+    if md.speech_window is None:
+        return window_codes(md.speechae, md.front_end, speech, 0, frames)
+    return latent_codes(md.speechae, md.front_end, speech, [1], md.speech_window)
 
 
 def _units(stage: str, result: Any, times: dict) -> float:
