@@ -42,6 +42,12 @@ def test_without_a_portrait_a_refined_vae_decodes_as_its_frame_decoder():
     assert torch.equal(refined.encode(x), z)  # the latents (and so the DiT) are unchanged
     assert torch.equal(refined.decode(z), plain.decode(z))
     assert plain.reference(x[:, :, 0]) is None  # no refiner: nothing to prepare
+    from readtalk.vae.model import VideoVAE
+
+    video_vae = VideoVAE("debug").eval()  # takes nothing from a portrait, and says so
+    assert video_vae.reference(x[:, :, 0]) is None
+    zv = video_vae.encode(x)
+    assert torch.equal(video_vae.decode(zv, reference=None), video_vae.decode(zv))
     ref = refined.reference(x[:, :, 0])
     assert not torch.equal(refined.decode(z, reference=ref), plain.decode(z))
 

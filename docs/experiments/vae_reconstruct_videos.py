@@ -41,14 +41,10 @@ def main() -> None:
         frames = read_video(resolve(rec, "video"))
         n = 1 + 8 * ((len(frames) - 1) // 8)
         audio = load_audio(resolve(rec, "video"))[: n * 640]
-        ref = None
-        if getattr(vae, "refiner", None) is not None:
-            ref = vae.reference(portrait_tensor(rec, frames.shape[1]))
+        portrait = vae.reference(portrait_tensor(rec, frames.shape[1]))  # None: no refiner
         with torch.no_grad():
             video = vae.decode(
-                vae.encode(to_tensor(frames[:n])[None]),
-                piece=16,
-                **({"reference": ref} if ref is not None else {}),
+                vae.encode(to_tensor(frames[:n])[None]), piece=16, reference=portrait
             )
         h, w = frames.shape[1:3]
         with VideoWriter(out / f"{rec['id']}.mp4", w, h, fps=25) as vw:

@@ -88,13 +88,13 @@ def stage_flops(pipe: Any, settings: Any) -> dict[str, float]:
     speech = speech.astype(np.float32) * 0.1
     latent = torch.randn(1, cfg.latent_channels, f, side, side, generator=g)
     pixels = torch.zeros(1, 3, 1, pipe.size, pipe.size)
-    prepare = getattr(md.vae, "reference", None)  # a portrait refiner, as sessions decode
-    ref_px = prepare(pixels[:, :, 0].to(md.dtype)) if prepare else None
-    more = {} if ref_px is None else {"reference": ref_px}
+    portrait = md.vae.reference(pixels[:, :, 0].to(md.dtype))  # a refiner's, as sessions do
     return {
         "dit": count_flops(lambda: md.velocity(x, t, keep, keep, cond)),
         "speech": count_flops(lambda: speech_call(md, speech, frames)),
-        "decode": count_flops(lambda: list(md.vae.iter_decode(latent.to(md.dtype), **more)))
+        "decode": count_flops(
+            lambda: list(md.vae.iter_decode(latent.to(md.dtype), reference=portrait))
+        )
         / frames,
         "encode": count_flops(lambda: md.encode(pixels)),
     }

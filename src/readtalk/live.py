@@ -195,7 +195,6 @@ class _Clock:
         self.samples = 0
         self.ready: list[float] = []
         self.rss_warm: float | None = None
-        self.offset = 0.0  # a HostWatch's start minus this clock's (its times -> this clock's)
 
     def before_push(self, n: int) -> None:
         """Paced: wait until the piece's last sample would have been spoken."""
@@ -217,18 +216,17 @@ class _Clock:
         pipe_settings: GenerationSettings,
         chunk_ms: float,
         rss0: float,
-        host: dict | None = None,
+        host: HostWatch | None = None,
     ) -> StreamReport:
+        """``host``: the machine's stalls over the run, its times on this clock."""
         wall = time.perf_counter() - self.t0
         audio_s = self.samples / SAMPLE_RATE
-        if host and host.get("host_stall_at_s") is not None:  # to this clock's origin
-            host = {**host, "host_stall_at_s": host["host_stall_at_s"] + self.offset}
         return StreamReport(
             audio_s=audio_s, frames=len(self.ready), chunk_ms=chunk_ms, paced=self.paced,
             wall_s=wall, rtf=wall / max(audio_s, 1e-9), **frame_timing(self.ready, self.buffer_s),
             rss_start_mb=rss0, rss_end_mb=rss_mb(), clip_frames=pipe_settings.clip_frames,
             steps=pipe_settings.steps, rss_warm_mb=self.rss_warm, buffer_s=self.buffer_s,
-            schedule=pipe_settings.schedule, **(host or {}),
+            schedule=pipe_settings.schedule, **(host.report(self.t0) if host else {}),
         )  # fmt: skip
 
 
@@ -298,7 +296,6 @@ def run_live(
     session = pipe.stream(image, settings, crop=crop)
     clock, rss0 = _Clock(paced), rss_mb()
     with HostWatch() as host, LiveVideoWriter(out, pipe.size, pipe.size) as vw:
-        clock.offset = host.t0 - clock.t0
 
         def write(piece: np.ndarray | None, frames: list[np.ndarray]) -> None:
             if piece is not None:
@@ -307,7 +304,7 @@ def run_live(
                 vw.write(frame)
 
         _drive(session, speech, clock, write)
-    return clock.report(session.settings, chunk_ms, rss0, host.report())
+    return clock.report(session.settings, chunk_ms, rss0, host)
 
 
 def bench_stream(
@@ -330,11 +327,10 @@ def bench_stream(
     session = pipe.stream(image, settings)
     total = frames_for_samples(len(audio))
     with HostWatch() as host:
-        clock, rss0 = _Clock(paced, buffer_s), rss_mb()
-        clock.offset = host.t0 - clock.t0
+        clock, rss0 = _Clock(paced, buffer_s), rss_mb()  # the watcher's start not timed
         with tqdm(total=total, unit="frame", desc="stream", disable=not progress) as bar:
             _drive(session, pieces(audio, chunk), clock, lambda _p, f: bar.update(len(f)))
-    return clock.report(session.settings, chunk_ms, rss0, host.report())
+    return clock.report(session.settings, chunk_ms, rss0, host)
 
 
 def speech_source(audio: str, chunk_ms: float) -> Iterator[np.ndarray]:

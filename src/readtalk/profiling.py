@@ -147,9 +147,9 @@ class HostWatch:
     ``host_stall_max_s`` (the longest a separate, idle process could not run, beyond its 10-ms
     sleep; None if it could not be started), ``host_stalls`` (how many such gaps over 0.05 s),
     ``host_stall_s`` (their total), ``host_stall_at_s`` (when the longest began, in seconds
-    after the block's start), and, where Linux exposes them, ``cpu_steal_s`` (time the
-    hypervisor ran something else) and ``memory_full_s`` / ``io_full_s`` (PSI: time every task
-    waited on memory or I/O)."""
+    after ``report(origin)``, a ``time.perf_counter()`` reading; default the block's start),
+    and, where Linux exposes them, ``cpu_steal_s`` (time the hypervisor ran something else) and
+    ``memory_full_s`` / ``io_full_s`` (PSI: time every task waited on memory or I/O)."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
@@ -185,12 +185,12 @@ class HostWatch:
         except (subprocess.TimeoutExpired, ValueError, SyntaxError):
             self._proc.kill()
             gaps = None
-        # perf_counter is the same clock in both processes (CLOCK_MONOTONIC on Linux)
-        self.gaps = [(t - self.t0, g) for t, g in gaps] if gaps is not None else []
+        # (perf_counter readings: the same clock in both processes, CLOCK_MONOTONIC on Linux)
+        self.gaps = gaps if gaps is not None else []
         if gaps is None:
             self._proc = None
 
-    def report(self) -> dict[str, float | int | None]:
+    def report(self, origin: float | None = None) -> dict[str, float | int | None]:
         end = self._counters()
         out: dict[str, float | int | None] = {
             k: (None if v is None or self._start.get(k) is None else round(v - self._start[k], 3))
@@ -203,5 +203,7 @@ class HostWatch:
         return {
             **out, "host_stall_max_s": round(longest[1], 3), "host_stalls": len(self.gaps),
             "host_stall_s": round(sum(g for _, g in self.gaps), 3),
-            "host_stall_at_s": None if longest[0] is None else round(longest[0], 3),
+            "host_stall_at_s": None
+            if longest[0] is None
+            else round(longest[0] - (self.t0 if origin is None else origin), 3),
         }  # fmt: skip

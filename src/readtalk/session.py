@@ -154,8 +154,7 @@ class Session:
             image = to_tensor(portrait[None])[None]  # (1, 3, 1, H, W)
             self._ref = models.encode(image)  # (1, C, 1, h, w)
             # a VAE with a portrait refiner decodes every frame with the portrait's detail
-            prepare = getattr(models.vae, "reference", None)
-            self._refine = prepare(image[:, :, 0].to(dev, models.dtype)) if prepare else None
+            self._refine = models.vae.reference(image[:, :, 0].to(dev, models.dtype))
         _, c, _, h, w = self._ref.shape
         self._shape = (1, c, h, w)
         self._gen = torch.Generator(device=dev).manual_seed(settings.seed)
@@ -334,8 +333,9 @@ class Session:
         state = self._decode_state if self._carry else None
         ov = self._ov
         vae, blend = self.models.vae, self.settings.group_blend
-        more = {} if self._refine is None else {"reference": self._refine}
-        runs = vae.iter_decode(latent, prefix=prefix, state=state, blend=blend, **more)
+        runs = vae.iter_decode(
+            latent, prefix=prefix, state=state, blend=blend, reference=self._refine
+        )
         while True:
             with self.times.stage("decode"):
                 run = next(runs, None)

@@ -49,10 +49,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from readtalk.data import manifest
 from readtalk.data.augment import SpeechAugment
 from readtalk.data.manifest import clip_audio_path, load_manifest, load_track, resolve
 from readtalk.errors import ReadtalkError
-from readtalk.media import fit_size, load_audio, probe, read_image, read_video, to_tensor
+from readtalk.media import fit_size, load_audio, probe, read_video, to_tensor
 from readtalk.release import atomic_save, release_path
 from readtalk.speech.frontend import load_front_end
 from readtalk.speech.rolling import SpeechWindow, codes_for_window
@@ -163,7 +164,7 @@ class _ClipReader:
     def get(self, rec: dict) -> dict:
         if rec["id"] != self.key:
             video = fit_size(read_video(resolve(rec, "video")), self.size)
-            ref = fit_size(read_image(resolve(rec, "ref"))[None], video.shape[1])
+            ref = manifest.load_reference(rec, video.shape[1])[None]
             try:
                 track = load_track(rec)
             except ReadtalkError:

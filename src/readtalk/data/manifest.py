@@ -13,7 +13,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from readtalk.errors import ReadtalkError
+from readtalk.media import fit_size, read_image
 
 REQUIRED = ("id", "split", "video", "ref")
 
@@ -69,6 +72,11 @@ def load_track(record: dict) -> dict:
         raise ReadtalkError(f"track file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ReadtalkError(f"track file {path} is not valid JSON ({e.msg})") from None
+
+
+def load_reference(record: dict, size: int) -> np.ndarray:
+    """A record's reference portrait, uint8 (size, size, 3), fitted as its clip's frames are."""
+    return fit_size(read_image(resolve(record, "ref"))[None], size)[0]
 
 
 def clip_audio_path(rec: dict) -> Path:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from readtalk.config import to_dict
-from readtalk.data.manifest import load_manifest, load_track, resolve
+from readtalk.data.manifest import load_manifest, load_reference, load_track, resolve
 from readtalk.errors import ReadtalkError
 from readtalk.eval.regions import has_geometry, synthtalk_regions
 from readtalk.media import fit_size, read_video, to_tensor, to_uint8
@@ -36,7 +36,14 @@ from readtalk.train import dist
 from readtalk.train.common import fit, start_run
 from readtalk.train.optim import OptimConfig
 from readtalk.train.packer import state_sha256
-from readtalk.train.vae import evaluate_videos, is_synthtalk, portrait, portrait_tensor
+from readtalk.train.vae import (
+    eval_videos,
+    evaluate_videos,
+    image_tensor,
+    is_synthtalk,
+    portrait_tensor,
+    reconstruct,
+)
 from readtalk.vae.factorised import FactorisedVAE
 from readtalk.vae.refiner import Refiner
 
@@ -116,15 +123,14 @@ def reconstruct_frames(
         if len(video) < cfg.window:
             continue
         video = np.ascontiguousarray(fit_size(video[: cfg.window], size))
-        x = to_tensor(video)[None]
-        y = vae.decode(vae.encode(x.to(vae.dtype)))[0, :, keep]  # (3, k, H, W)
-        p = portrait_tensor(rec, size)
-        blur = vae.decode_frames(vae.frame_latents(p.to(vae.dtype)[:, :, None]))[0, :, 0]
+        y = reconstruct(vae, to_tensor(video)[None].to(vae.dtype))[0, :, keep]  # (3, k, H, W)
+        ref = load_reference(rec, size)
+        blur = vae.redraw(image_tensor(ref))  # (1, 3, H, W)
         out["index"].append(torch.tensor(i))
         out["truth"].append(torch.from_numpy(np.ascontiguousarray(video[keep])))
         out["recon"].append(torch.from_numpy(to_uint8(y)))
-        out["ref"].append(torch.from_numpy(portrait(rec, size)))
-        out["ref_blur"].append(torch.from_numpy(to_uint8(blur[:, None])[0]))
+        out["ref"].append(torch.from_numpy(ref))
+        out["ref_blur"].append(torch.from_numpy(to_uint8(blur[0, :, None])[0]))
     if not out["truth"]:
         raise ReadtalkError(f"no training clip has {cfg.window} frames; lower window")
     # (N, k, H, W, 3) / (N, H, W, 3) uint8 -> channels first
@@ -224,10 +230,9 @@ def train_refiner(
     test_recs = [r for r in records if r["split"] == "test"][: cfg.eval_clips]
     test, refs = [], []
     for rec in test_recs:
-        video = read_video(resolve(rec, "video"), cfg.eval_frames)
-        if len(video) >= cfg.eval_frames:
-            test.append(to_tensor(np.ascontiguousarray(fit_size(video, size))))
-            refs.append(portrait_tensor(rec, size))
+        got = eval_videos([rec], cfg.eval_frames, size, 0)  # [] for a clip that is too short
+        test += got
+        refs += [portrait_tensor(rec, size)] * len(got)
     vae.to(run.device)
     opt = torch.optim.AdamW(refiner.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     part = dist.share(tc.batch_size)

@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from readtalk.config import to_dict
-from readtalk.data.manifest import load_manifest, load_track, resolve
+from readtalk.data.manifest import load_manifest, load_reference, load_track, resolve
 from readtalk.data.synthtalk.mouth_reader import pearson, read_mouth
 from readtalk.errors import ReadtalkError
 from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.eval.pixel import psnr, sharpness_ratio, ssim
 from readtalk.eval.regions import REGIONS, has_geometry, synthtalk_regions
-from readtalk.media import fit_size, read_image, read_video, to_tensor, to_uint8, to_unit
+from readtalk.media import fit_size, read_video, to_tensor, to_uint8, to_unit
 from readtalk.release import peek_safetensors
 from readtalk.train import dist
 from readtalk.train.adversarial import (
@@ -163,11 +163,8 @@ def weighted_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
 def reconstruct(vae, video: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Encode (posterior mean) and decode (B, 3, F, H, W) in [-1, 1]; ``reference`` (B, 3, H, W):
     a portrait for a VAE with a refiner (``FactorisedVAE.reference``), else ignored."""
-    z = vae.encode(video)
-    prepare = getattr(vae, "reference", None)
-    if reference is None or prepare is None or getattr(vae, "refiner", None) is None:
-        return vae.decode(z).clamp(-1, 1)
-    return vae.decode(z, reference=prepare(reference)).clamp(-1, 1)
+    portrait = None if reference is None else vae.reference(reference)
+    return vae.decode(vae.encode(video), reference=portrait).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -453,11 +450,12 @@ def vae_report(
     return out
 
 
-def portrait(rec: dict, size: int) -> np.ndarray:
-    """A clip's reference portrait, uint8 (size, size, 3), framed as generation frames it."""
-    return fit_size(read_image(resolve(rec, "ref"))[None], size)[0]
-
-
 def portrait_tensor(rec: dict, size: int) -> torch.Tensor:
-    """``portrait`` as a model input: (1, 3, H, W) in [-1, 1]."""
-    return to_tensor(portrait(rec, size)[None])[None][:, :, 0]
+    """A clip's reference portrait (``data.manifest.load_reference``) as a model input:
+    (1, 3, H, W) in [-1, 1]."""
+    return image_tensor(load_reference(rec, size))
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (1, 3, H, W) in [-1, 1]."""
+    return to_tensor(image[None])[None][:, :, 0]

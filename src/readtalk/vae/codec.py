@@ -77,6 +77,12 @@ class LatentCodec(nn.Module):
     def _latent_stats(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def reference(self, image: Tensor) -> Any:
+        """A portrait (B, 3, H, W) in [-1, 1] prepared for decoding with it (``decode`` and
+        ``iter_decode``'s ``reference=``); None for a VAE that takes nothing from the portrait.
+        Only a factorised VAE with a portrait refiner does (``FactorisedVAE.reference``)."""
+        return None
+
     @property
     def scaling(self) -> LatentScaling:
         mean, std = self._latent_stats()

@@ -135,8 +135,10 @@ class FactorisedConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactorisedConfig:
-        known = {"channels", "width", "group", "residual", "scaling_factor", "refiner_width"}
-        known.add("refiner_scale")
+        known = {
+            "channels", "width", "group", "residual", "scaling_factor", "refiner_width",
+            "refiner_scale",
+        }  # fmt: skip
         return cls(
             frame=VAEConfig.from_dict(data["frame"]), **{k: data[k] for k in known if k in data}
         )
@@ -294,9 +296,15 @@ class FactorisedVAE(LatentCodec):
         if image.dim() != 4 or image.shape[1] != 3:
             raise ReadtalkError(f"a reference portrait is (B, 3, H, W), got {tuple(image.shape)}")
         x = image.to(self.device, self.frame.dtype)
-        self.check_video(x[:, :, None])
-        blurred = self.decode_frames(self.frame_latents(x[:, :, None]))[:, :, 0]
-        return self.refiner.prepare(x, blurred)
+        return self.refiner.prepare(x, self.redraw(x))
+
+    @torch.no_grad()
+    def redraw(self, image: Tensor) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1], each encoded and decoded alone by the frame VAE
+        (blurred as the frame decoder blurs), without the refiner."""
+        x = image.to(self.device, self.frame.dtype)[:, :, None]
+        self.check_video(x)
+        return self.decode_frames(self.frame_latents(x))[:, :, 0]
 
     # ---- encoding
 

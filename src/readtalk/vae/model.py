@@ -163,14 +163,22 @@ class VideoVAE(LatentCodec):
 
     # ---- decoding
 
-    def decode(self, latent: Tensor, *, clamp: bool = True, piece: int | None = None) -> Tensor:
+    def decode(
+        self,
+        latent: Tensor,
+        *,
+        clamp: bool = True,
+        piece: int | None = None,
+        reference: None = None,
+    ) -> Tensor:
         """Video ``(B, 3, F, H, W)`` from a latent ``(B, C, f, h, w)``; ``F = 1 + 8 (f - 1)``.
 
         ``clamp=True`` (default) clips to ``[-1, 1]``, which is what inference wants; the raw
         decoder output can overshoot slightly. Training must use ``clamp=False`` (or ``forward``),
         since clipping zeroes the gradient of every overshooting pixel. ``piece`` decodes
         ``piece`` latent frames at a time with bounded memory and the same result
-        (``iter_decode``).
+        (``iter_decode``). ``reference``: this VAE takes nothing from the portrait
+        (``reference()`` is None), so it is accepted and not used.
         """
         if piece is not None:
             return self.decode_pieces(latent, piece=piece, clamp=clamp)
@@ -188,11 +196,13 @@ class VideoVAE(LatentCodec):
         prefix: Tensor | None = None,
         state: dict | None = None,
         blend: int = 0,
+        reference: None = None,
     ) -> Iterator[Tensor]:
         """Decode ``piece`` latent frames at a time, yielding consecutive runs of video frames.
 
         ``blend`` is the factorised VAE's group-start blend; this decoder convolves across
-        latents itself and has no group steps to spread, so it is accepted and not used.
+        latents itself and has no group steps to spread, so it is accepted and not used; nor is
+        ``reference`` (the factorised VAE's portrait refiner; ``reference()`` is None here).
 
         Memory is bounded by one piece and its context, whatever the length; a caller
         that writes each run out (under ``torch.no_grad()``) never holds the whole video.
