@@ -14,6 +14,8 @@ from readtalk import GenerationSettings, Pipeline, ReadtalkError, Session
 from readtalk.media import SAMPLES_PER_FRAME, frames_for_samples
 from test_pipeline import CLIP, SIZE, _face, _speech, _write_models
 
+F = SAMPLES_PER_FRAME
+
 torch.set_num_threads(1)
 
 
@@ -183,3 +185,37 @@ def test_async_variants_give_the_same_frames(pipe, speech, offline):
         return out + await s.aflush()
 
     assert np.array_equal(np.stack(asyncio.run(run())), offline)
+
+
+def test_the_gate_silences_what_the_model_hears_in_pauses(pipe, speech):
+    """``gate_db``: the front end hears the pauses as digital silence, the same whether the
+    speech came whole or in pieces; without it, it hears the room noise."""
+    noisy = speech.copy()
+    noisy[17 * F : 33 * F] = 1e-3 * np.random.default_rng(5).standard_normal(16 * F)
+    fe = pipe.front_end
+    heard: list[np.ndarray] = []
+
+    class Recorder:
+        name, dim = fe.name, fe.dim
+
+        def video_features(self, audio, num_frames):
+            heard.append(np.array(audio, copy=True))
+            return fe.video_features(audio, num_frames)
+
+    runs = {}
+    try:
+        pipe.models.front_end = Recorder()
+        for key, gate, sizes in (("off", 0.0, [len(noisy)]), ("whole", 30.0, [len(noisy)]),
+                                 ("pieces", 30.0, [321])):  # fmt: skip
+            heard.clear()
+            frames, _ = _stream(pipe, noisy, sizes, gate_db=gate)
+            runs[key] = (np.stack(frames), np.concatenate(heard), heard[1])
+    finally:
+        pipe.models.front_end = fe
+    assert np.array_equal(runs["whole"][0], runs["pieces"][0])
+    assert np.array_equal(runs["whole"][1], runs["pieces"][1])
+    # the second clip hears frames 16-32: the pause from its frame 1, silent past the hold
+    assert not runs["whole"][2][8 * F :].any() and runs["off"][2][8 * F :].any()
+    assert np.array_equal(runs["whole"][2][: 7 * F], runs["off"][2][: 7 * F])  # hold: 6 frames
+    with pytest.raises(ReadtalkError, match="gate range"):
+        pipe.settings(gate_db=-3)

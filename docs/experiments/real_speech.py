@@ -13,7 +13,9 @@ What it does:
   espeak-ng speech (``readtalk.live.speech_for``, SynthTalk sentences with pauses: the kind of
   speech the model was trained on), each with the same held-out portraits
   (``demo_portrait(256, seed)`` for ``--portraits``), and (c) the real speech raised to
-  espeak-ng's level (``--match-level``, default on: is it the voice or the loudness?); writes
+  espeak-ng's level (``--match-level``, default on: is it the voice or the loudness?), with
+  the model's noise gate or ``--gate-db`` (``speech.gate``; the scores use the speech as
+  recorded); writes
   each video to ``OUT/videos`` (``--reuse`` scores the videos of an earlier run instead);
 - reads the mouth of every decoded frame (``read_mouth``) and scores it against the video's
   own speech with ``readtalk.eval.lipsync.mouth_energy``: ``open_fraction`` (the mouth open on
@@ -132,7 +134,9 @@ def generate_rows(a: argparse.Namespace, out: Path) -> tuple[dict, dict]:
             path, timing = out / "videos" / f"{kind}_portrait{p}.mp4", {}
             if not (a.reuse and path.is_file()):
                 image = demo_portrait(pipe.size, p)
-                res = pipe(image, audio, steps=a.steps, seed=a.seed, progress=False)
+                res = pipe(
+                    image, audio, steps=a.steps, seed=a.seed, gate_db=a.gate_db, progress=False
+                )
                 res.save(path)
                 timing = {"generation_s": res.seconds, "rtf": res.realtime_factor}
             row = score(reader_gap(read_video(path)), audio, a.max_lag)
@@ -205,6 +209,7 @@ def main() -> None:
     p.add_argument("--portraits", default="0,1,2", help="demo_portrait seeds")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gate-db", type=float, default=None, help="noise gate (default: model's)")
     p.add_argument("--data", default="data/st1000", help="SynthTalk dataset (reference)")
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--generated", default="", help="folder of the model's <id>.mp4 for --data")

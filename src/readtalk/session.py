@@ -25,6 +25,10 @@ its audio and the speech window's lookahead have arrived; the speech codes are p
 (``speech.rolling``), each computed once. The clip rules below hold with "clip" read as
 "window".
 
+**Pauses.** With ``settings.gate_db`` > 0 the speech the model hears is gated
+(``speech.gate.NoiseGate``, per whole 40-ms frame and causally, so still the same however
+the speech is split): a recording's pauses become the silence the training speech has.
+
 **Decoding.** A later clip's new latents are decoded after the last ``decode_context``
 latents before them, so the causal VAE decoder continues one latent sequence instead of
 starting afresh at every clip. A VAE with a portrait refiner (``vae.refiner``) decodes every
@@ -61,6 +65,7 @@ from readtalk.errors import ReadtalkError
 from readtalk.media import SAMPLES_PER_FRAME, as_audio, frames_for_samples, to_tensor, to_uint8
 from readtalk.profiling import StageTimes
 from readtalk.settings import GenerationSettings
+from readtalk.speech.gate import GateConfig, NoiseGate
 from readtalk.speech.rolling import SpeechWindow, latent_codes
 from readtalk.speech.speechae import window_codes
 
@@ -163,6 +168,8 @@ class Session:
         self._buffer = np.zeros(0, np.float32)
         self._pending: list[np.ndarray] = []
         self._offset = 0
+        # what the model hears: the speech with its pauses silenced (whole frames, causally)
+        self._gate = NoiseGate(GateConfig(range_db=settings.gate_db))
         self.samples_in = 0  # samples pushed so far
         self.frames_out = 0  # frames returned so far
         self.clips = 0  # clips generated so far
@@ -189,7 +196,7 @@ class Session:
                 raise ReadtalkError(
                     "this session was flushed or closed; start a new one with stream()"
                 )
-            self._pending.append(x.copy())
+            self._pending.append(self._gate.process(x))
             self.samples_in += len(x)
             out: list[np.ndarray] = []
             ahead = self._sw.lookahead if self._sw is not None else 0
@@ -206,6 +213,7 @@ class Session:
             if self.closed:
                 raise ReadtalkError("this session was already flushed")
             self.closed = True
+            self._pending.append(self._gate.flush())
             total = frames_for_samples(self.samples_in)
             out: list[np.ndarray] = []
             while self.frames_out < total:  # ``_run`` counts the frames it returns

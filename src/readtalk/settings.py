@@ -56,7 +56,10 @@ class GenerationSettings:
     per DiT window, after ``context_latents`` it has made; ``diffusion.next_rolling``, for a
     model trained for it: docs/streaming.md); the clip settings are then unused.
     ``motion_floor``: the least noise level of the motion latents while the new ones are
-    noisier (``diffusion.ans_sample``; 0: READ's one step ahead).
+    noisier (``diffusion.ans_sample``; 0: READ's one step ahead). ``gate_db``: the speech the
+    model hears is silenced in pauses, frames more than this many dB below the speech's loud
+    level (``speech.gate``: a recording's room noise no longer moves the mouth; 0: no gate;
+    the video keeps the speech as given).
     """
 
     steps: int = DEFAULT_STEPS
@@ -75,6 +78,7 @@ class GenerationSettings:
     schedule: str = "clips"
     context_latents: int = 2
     motion_floor: float = 0.0
+    gate_db: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -99,6 +103,8 @@ class GenerationSettings:
             )
         if not 0.0 <= self.motion_floor < 1.0:
             raise ReadtalkError(f"motion floor must lie in [0, 1), got {self.motion_floor}")
+        if self.gate_db < 0:
+            raise ReadtalkError(f"gate range must be >= 0 dB (0: no gate), got {self.gate_db}")
         if self.context_latents < 1:
             raise ReadtalkError(f"context latents must be >= 1, got {self.context_latents}")
         self.guidance_config()  # finite scales

@@ -187,6 +187,14 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
         "the model's; 0: READ's one step ahead; docs/streaming.md, Drift)",
     )
     p.add_argument(
+        "--gate-db",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="silence what the model hears in pauses quieter than the speech by more than DB "
+        "(default: the model's; 0: no gate; the video keeps the speech as given)",
+    )
+    p.add_argument(
         "--motion-from",
         choices=("frames", "latents"),
         default=None,
@@ -219,4 +227,5 @@ def settings_overrides(a: argparse.Namespace) -> dict:
         "motion_from": a.motion_from, "decode_context": a.decode_context,
         "group_blend": a.group_blend, "schedule": a.schedule,
         "context_latents": a.context_latents, "motion_floor": a.motion_floor,
+        "gate_db": a.gate_db,
     }  # fmt: skip

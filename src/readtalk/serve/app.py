@@ -36,7 +36,7 @@ from readtalk.serve.webrtc import WebRTC
 STATIC = Path(__file__).parent / "static"
 SETTING_FIELDS = ("seed", "steps", "guidance", "alpha", "beta", "gamma", "clip_frames",
                   "group_blend", "decode_context", "motion_latents", "schedule",
-                  "context_latents", "motion_floor")  # fmt: skip
+                  "context_latents", "motion_floor", "gate_db")  # fmt: skip
 
 __all__ = ["create_app"]
 
