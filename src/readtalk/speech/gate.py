@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from readtalk.errors import ReadtalkError
-from readtalk.media import SAMPLES_PER_FRAME
+from readtalk.media import FPS, SAMPLES_PER_FRAME
 
 SILENT_DB = -100.0  # the level given to a frame of digital silence
 
@@ -75,8 +75,8 @@ class NoiseGate:
 
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
-        self._hold = int(round(self.config.hold_s * 25))
-        self._fall = self.config.release_db / 25  # dB per frame
+        self._hold = int(round(self.config.hold_s * FPS))
+        self._fall = self.config.release_db / FPS  # dB per frame
         # the loud level (dBFS): until louder speech is heard, ``floor_db`` above the range
         self._loud = self.config.floor_db + self.config.range_db
         self._since = self._hold + 1  # frames since the last loud frame
