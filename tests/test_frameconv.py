@@ -88,3 +88,16 @@ def test_the_fast_path_keeps_the_checkpoint_format(tmp_path):
     x = torch.rand(1, 3, 1, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(x), vae.encode(x))
+
+
+def test_a_vae_loaded_under_inference_mode_decodes_frames(tmp_path):
+    """Weights made under ``torch.inference_mode`` (loaded or cast there) have no version
+    counter; the cached time-summed kernel must not need one."""
+    path = VideoVAE("debug").save(tmp_path / "vae.safetensors")
+    x = torch.rand(2, 3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = VideoVAE.load(path).decode(VideoVAE.load(path).encode(x))
+    with torch.inference_mode():
+        vae = VideoVAE.load(path).float()
+        assert next(vae.parameters()).is_inference()
+        torch.testing.assert_close(vae.decode(vae.encode(x)), expected)

@@ -171,9 +171,12 @@ def test_cli_trains_a_refiner_and_rejects_a_video_vae(synth_dataset, base_vae, t
     assert "not a factorised VAE checkpoint" in capsys.readouterr().err
 
 
-def test_with_refiner_keeps_an_existing_one():
+def test_with_refiner_keeps_an_existing_one_of_the_same_sizes_only():
     v = _fvae(8)
-    assert with_refiner(v, 4, 8) is v
+    assert with_refiner(v, 8, v.config.refiner_scale) is v  # training continues it
+    other = with_refiner(v, 4, 8)  # other sizes: a new refiner, never the old one kept
+    assert other is not v and (other.config.refiner_width, other.config.refiner_scale) == (4, 8)
+    assert other.frame is v.frame and other.packer is v.packer
     w = with_refiner(_fvae(0), 4, 8)
     assert w.refiner is not None and w.config.refiner_width == 4
 

@@ -98,8 +98,10 @@ class RefinerRunConfig:
 
 
 def with_refiner(vae: FactorisedVAE, width: int, scale: int) -> FactorisedVAE:
-    """``vae`` itself when it has a refiner, else a copy sharing its modules with a new one."""
-    if vae.refiner is not None:
+    """``vae`` itself when its refiner has these sizes (training continues it), else a copy
+    sharing its frame VAE and packer with a new refiner of these sizes (one of other sizes is
+    replaced, never silently kept)."""
+    if vae.refiner is not None and _sizes(vae) == (width, scale):
         return vae
     cfg = dataclasses.replace(vae.config, refiner_width=width, refiner_scale=scale)
     out = FactorisedVAE(cfg, frame=vae.frame)
@@ -107,6 +109,10 @@ def with_refiner(vae: FactorisedVAE, width: int, scale: int) -> FactorisedVAE:
     for name in ("frame_mean", "frame_std", "latents_mean", "latents_std"):
         getattr(out, name).copy_(getattr(vae, name))
     return out
+
+
+def _sizes(vae: FactorisedVAE) -> tuple[int, int]:
+    return vae.config.refiner_width, vae.config.refiner_scale
 
 
 @torch.no_grad()
@@ -206,7 +212,14 @@ def train_refiner(
     """Train (or resume) the refiner; returns the release path (None when stopped early)."""
     run = start_run(cfg, out, resume)
     tc = cfg.train
-    vae = with_refiner(FactorisedVAE.load(cfg.vae).eval(), cfg.width, cfg.scale)
+    given = FactorisedVAE.load(cfg.vae).eval()
+    vae = with_refiner(given, cfg.width, cfg.scale)
+    if given.refiner is not None:
+        run.log(
+            "continuing the VAE's own refiner"
+            if vae is given
+            else "a new refiner, replacing the VAE's (width {}, scale {})".format(*_sizes(given))
+        )
     vae.requires_grad_(False)
     refiner: Refiner = vae.refiner
     refiner.requires_grad_(True)

@@ -58,7 +58,10 @@ class FrameCausalConv3d(LTXVideoCausalConv3d):
         w = self.conv.weight
         if torch.is_grad_enabled() and w.requires_grad:
             return w.sum(dim=2)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        # weights made under ``torch.inference_mode`` (a model loaded or cast there) have no
+        # version counter; they cannot change outside it, so their storage is the key
+        version = -1 if w.is_inference() else w._version
+        key = (w.data_ptr(), version, w.dtype, w.device)
         hit = self.__dict__.get("_kernel_cache")
         if hit is None or hit[0] != key:
             hit = (key, w.detach().sum(dim=2))
