@@ -188,6 +188,20 @@ def image_grad_l1(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None = Non
     return (dx.abs() * w[..., :, 1:]).mean() + (dy.abs() * w[..., 1:, :]).mean()
 
 
+def _load_vae(cfg: RefinerRunConfig, run) -> FactorisedVAE:
+    """``cfg.vae`` with a refiner of the run's sizes (``with_refiner``); the log says whether
+    the VAE's own refiner is continued or replaced."""
+    given = FactorisedVAE.load(cfg.vae).eval()
+    vae = with_refiner(given, cfg.width, cfg.scale)
+    if given.refiner is not None:
+        run.log(
+            "continuing the VAE's own refiner"
+            if vae is given
+            else "a new refiner, replacing the VAE's (width {}, scale {})".format(*_sizes(given))
+        )
+    return vae
+
+
 def _load_or_make(run, vae, train_recs, cfg, size, progress) -> dict[str, torch.Tensor]:
     key = {"vae_sha256": state_sha256(vae.frame) + state_sha256(vae.packer)}
     key.update(ids=[r["id"] for r in train_recs], window=cfg.window, k=cfg.frames_per_clip)
@@ -212,14 +226,7 @@ def train_refiner(
     """Train (or resume) the refiner; returns the release path (None when stopped early)."""
     run = start_run(cfg, out, resume)
     tc = cfg.train
-    given = FactorisedVAE.load(cfg.vae).eval()
-    vae = with_refiner(given, cfg.width, cfg.scale)
-    if given.refiner is not None:
-        run.log(
-            "continuing the VAE's own refiner"
-            if vae is given
-            else "a new refiner, replacing the VAE's (width {}, scale {})".format(*_sizes(given))
-        )
+    vae = _load_vae(cfg, run)
     vae.requires_grad_(False)
     refiner: Refiner = vae.refiner
     refiner.requires_grad_(True)
