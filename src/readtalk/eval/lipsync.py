@@ -32,12 +32,13 @@ from readtalk.data.synthtalk.identity import luma
 from readtalk.data.synthtalk.mouth_reader import SEARCH, pearson
 from readtalk.eval.pixel import ssim
 from readtalk.media import SAMPLES_PER_FRAME
+from readtalk.speech.gate import SILENT_DB, frame_levels
 
 # mouth_energy's defaults (docs/eval.md has why)
 VOICED_DB = 30.0  # a frame is voiced within this many dB of the recording's loud frames
 LOUD_PERCENTILE = 95.0  # "the loud frames": this percentile of the per-frame energies
 OPEN_GAP = 0.02  # a mouth is open when its lip gap exceeds this fraction of the frame height
-SILENCE_DB = -100.0  # the energy of a frame of digital silence (RMS floor 1e-5)
+SILENCE_DB = SILENT_DB  # the energy of a frame of digital silence (RMS floor 1e-5)
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,7 @@ def frame_energy(audio: np.ndarray, frames: int) -> np.ndarray:
     x = np.zeros(frames * SAMPLES_PER_FRAME, np.float64)
     a = np.asarray(audio, np.float64).reshape(-1)[: x.size]
     x[: a.size] = a
-    rms = np.sqrt((x.reshape(frames, SAMPLES_PER_FRAME) ** 2).mean(axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 10 ** (SILENCE_DB / 20)))
+    return frame_levels(x)  # the noise gate's measure of the same frames
 
 
 def mouth_energy(

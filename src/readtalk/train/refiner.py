@@ -53,8 +53,8 @@ DATA = "refiner_data.pt"
 @dataclass(frozen=True)
 class RefinerRunConfig:
     data: str = ""
-    vae: str = ""  # a factorised VAE; its refiner (if any) is where training starts
-    width: int = 16  # the refiner's flow network width (a new refiner; ignored with one in vae)
+    vae: str = ""  # a factorised VAE; its refiner, if of these sizes, is where training starts
+    width: int = 16  # the refiner's flow network width (a vae's refiner of other sizes: replaced)
     scale: int = 4  # its resolution divisor
     clips: int = 600  # training clips reconstructed (0: all)
     window: int = 33  # frames of each clip encoded and decoded, 8k+1
