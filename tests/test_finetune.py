@@ -14,8 +14,10 @@ import torch
 
 import readtalk.finetune as ft
 from readtalk.cli import main
+from readtalk.data.synthtalk.mouth_reader import read_mouth
 from readtalk.dit.release import load_dit_release, save_dit_release
 from readtalk.errors import ReadtalkError
+from readtalk.media import fit_size, read_video
 from readtalk.pipeline import Pipeline
 from readtalk.release import save_release
 from readtalk.speech.speechae import SPEECHAE_SIZES, SpeechAE
@@ -90,9 +92,18 @@ def test_finetune_resumes_after_an_interruption_and_reports(base, talking, tmp_p
     for key in ("psnr", "ssim"):
         assert all(np.isfinite(report[key][k]) for k in ("before", "after"))
     assert report["psnr"]["after"] != report["psnr"]["before"]
-    # lip sync as readtalk eval scores it; the random DiT's mouths do not move (0 for each)
-    assert report["mouth_corr_all"] == {"before": 0.0, "after": 0.0}
-    assert report["mouth_still"] == {"before": 1, "after": 1} and "rough" in report["mouth_note"]
+    # lip sync as readtalk eval scores it. The mouth reader (made for SynthTalk's drawn mouths)
+    # barely sees this photographed mouth at 64 px, and x264 does not always encode the clip
+    # the same way: on some encodings the held-out truth's lip gap never moves, and the report
+    # says so instead of scoring
+    truth = fit_size(read_video(out / "data" / recs[-1]["video"]), 64)
+    if np.ptp([read_mouth(f).gap for f in truth]) > 0:  # the random DiT's mouths do not move
+        assert report["mouth_corr_all"] == {"before": 0.0, "after": 0.0}
+        assert report["mouth_still"] == {"before": 1, "after": 1}
+        assert "rough" in report["mouth_note"]
+    else:
+        assert report["mouth_corr"] == {"before": None, "after": None}
+        assert "mouth_corr_all" not in report and "no moving mouth" in report["mouth_note"]
     assert set(report["minutes"]) == {*ft.SCHEDULE, "total"}
     # the model loads; the DiT kept the base's latent statistics and window
     pipe = Pipeline.from_pretrained(out / "model")
