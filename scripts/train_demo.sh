@@ -83,6 +83,9 @@ DECODER_LR=${DECODER_LR:-2e-4}
 # none): latents and DiT unchanged, frames decoded with the portrait's detail
 REFINER_STEPS=${REFINER_STEPS:-3000}
 REFINER_CLIPS=${REFINER_CLIPS:-600}
+# then trained further from where it stopped (a fresh learning-rate schedule; 0: not), as the
+# shipped refiner was: 3,000 + 3,000 steps (docs/results.md section 9, "Trained longer")
+REFINER_MORE_STEPS=${REFINER_MORE_STEPS:-3000}
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
@@ -185,6 +188,13 @@ if [ "$REFINER_STEPS" != 0 ]; then
         "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner" \
         --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" --set train.threads="$THREADS"
     vae="$RUNS/refiner/vae.safetensors"
+    if [ "$REFINER_MORE_STEPS" != 0 ]; then  # continues the VAE's own refiner (same sizes)
+        stage refiner-more "$RUNS/refiner-more/vae.safetensors" "$RUNS/refiner-more" -- \
+            "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner-more" \
+            --steps "$REFINER_MORE_STEPS" --set clips="$REFINER_CLIPS" \
+            --set train.threads="$THREADS"
+        vae="$RUNS/refiner-more/vae.safetensors"
+    fi
 fi
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists

@@ -20,6 +20,7 @@ STAGES = [
     "frame-decoder-pre",
     "frame-decoder",
     "refiner",
+    "refiner-more",
     "cache",
     "dit",
     "export",
@@ -33,6 +34,7 @@ TINY = {  # every stage at debug size, two steps
     "DECODER_PRE_STEPS": "2",
     "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "DECODER_STEPS": "2", "PACKER_WINDOW": "33",
     "PACKER_EVAL_CLIPS": "1", "REFINER_STEPS": "2", "REFINER_CLIPS": "2",
+    "REFINER_MORE_STEPS": "2",
     "WINDOW": "17", "DIT_SIZE": "debug", "DIT_STEPS": "2", "DIT_EVAL_EVERY": "2",
     "DIT_SAMPLES": "1", "QUIET": "1", "THREADS": "1",
 }  # fmt: skip
@@ -65,6 +67,7 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     pipe = Pipeline.from_pretrained(model)
     assert pipe.settings().steps == 4  # the shipped model's sampling default
     assert pipe.models.vae.refiner is not None  # the model folder's VAE has the refiner
+    assert "continuing the VAE's own refiner" in (runs / "refiner-more" / "log.txt").read_text()
     # a second run skips every finished stage
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
