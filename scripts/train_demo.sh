@@ -83,9 +83,14 @@ DECODER_LR=${DECODER_LR:-2e-4}
 # none): latents and DiT unchanged, frames decoded with the portrait's detail
 REFINER_STEPS=${REFINER_STEPS:-3000}
 REFINER_CLIPS=${REFINER_CLIPS:-600}
-# then trained further from where it stopped (a fresh learning-rate schedule; 0: not), as the
-# shipped refiner was: 3,000 + 3,000 steps (docs/results.md section 9, "Trained longer")
-REFINER_MORE_STEPS=${REFINER_MORE_STEPS:-3000}
+# in rounds of REFINER_STEPS: each round continues the last one's refiner with a fresh
+# learning-rate schedule, as the shipped refiner was trained (docs/results.md section 9,
+# "Trained longer")
+REFINER_ROUNDS=${REFINER_ROUNDS:-4}
+if ! [[ "$REFINER_ROUNDS" =~ ^[1-9][0-9]*$ ]]; then  # checked before any stage runs
+    echo "error: REFINER_ROUNDS must be a whole number >= 1, got '$REFINER_ROUNDS'" >&2
+    exit 2
+fi
 # latent cache and DiT
 WINDOW=${WINDOW:-57}
 DIT_SIZE=${DIT_SIZE:-tiny}
@@ -188,13 +193,13 @@ if [ "$REFINER_STEPS" != 0 ]; then
         "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner" \
         --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" --set train.threads="$THREADS"
     vae="$RUNS/refiner/vae.safetensors"
-    if [ "$REFINER_MORE_STEPS" != 0 ]; then  # continues the VAE's own refiner (same sizes)
-        stage refiner-more "$RUNS/refiner-more/vae.safetensors" "$RUNS/refiner-more" -- \
-            "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner-more" \
-            --steps "$REFINER_MORE_STEPS" --set clips="$REFINER_CLIPS" \
+    for ((round = 2; round <= REFINER_ROUNDS; round++)); do  # continues the VAE's own refiner
+        stage "refiner-$round" "$RUNS/refiner-$round/vae.safetensors" "$RUNS/refiner-$round" -- \
+            "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" \
+            --out "$RUNS/refiner-$round" --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" \
             --set train.threads="$THREADS"
-        vae="$RUNS/refiner-more/vae.safetensors"
-    fi
+        vae="$RUNS/refiner-$round/vae.safetensors"
+    done
 fi
 
 # the cache resumes by itself (finished shards are kept) and is done when meta.json exists

@@ -20,7 +20,7 @@ STAGES = [
     "frame-decoder-pre",
     "frame-decoder",
     "refiner",
-    "refiner-more",
+    "refiner-2",
     "cache",
     "dit",
     "export",
@@ -34,7 +34,7 @@ TINY = {  # every stage at debug size, two steps
     "DECODER_PRE_STEPS": "2",
     "PACKER_STEPS": "2", "CHAIN_STEPS": "2", "DECODER_STEPS": "2", "PACKER_WINDOW": "33",
     "PACKER_EVAL_CLIPS": "1", "REFINER_STEPS": "2", "REFINER_CLIPS": "2",
-    "REFINER_MORE_STEPS": "2",
+    "REFINER_ROUNDS": "2",
     "WINDOW": "17", "DIT_SIZE": "debug", "DIT_STEPS": "2", "DIT_EVAL_EVERY": "2",
     "DIT_SAMPLES": "1", "QUIET": "1", "THREADS": "1",
 }  # fmt: skip
@@ -67,7 +67,7 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     pipe = Pipeline.from_pretrained(model)
     assert pipe.settings().steps == 4  # the shipped model's sampling default
     assert pipe.models.vae.refiner is not None  # the model folder's VAE has the refiner
-    assert "continuing the VAE's own refiner" in (runs / "refiner-more" / "log.txt").read_text()
+    assert "continuing the VAE's own refiner" in (runs / "refiner-2" / "log.txt").read_text()
     # a second run skips every finished stage
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -126,4 +126,8 @@ def test_an_unknown_recipe_is_refused(tmp_path):
     r = run(tmp_path, VIDEO_PHASES="yes")
     assert r.returncode == 2
     assert r.stderr.strip() == "error: VIDEO_PHASES must be 0 or 1, got 'yes'"
+    assert not (tmp_path / "runs").exists()
+    r = run(tmp_path, REFINER_ROUNDS="0")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: REFINER_ROUNDS must be a whole number >= 1, got '0'"
     assert not (tmp_path / "runs").exists()

@@ -5,7 +5,9 @@ against the same network on contiguous (NCHW) activations, in one process, inter
     .venv/bin/python docs/experiments/bench_refiner.py --threads 2
 
 The shipped demo VAE's refiner on 16 decoded frames of a demo portrait at a time; prints the
-minimum and the median over ``--repeats`` calls, in ms per frame.
+minimum and the median over ``--repeats`` calls, in ms per frame. ``--profile``: also where the
+whole refiner's time goes, op by op (``torch.profiler``, ms a frame; ``--frames 8`` is what the
+rolling decode hands it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--profile", action="store_true", help="the whole refiner's ops")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     vae = load_vae(a.vae).eval().float()
@@ -63,8 +66,18 @@ def main() -> None:
                 t = time.perf_counter()
                 f()
                 times[name].append((time.perf_counter() - t) / a.frames * 1e3)
+        if a.profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(a.repeats):
+                    r(y, ref)
     for name, ts in times.items():
         print(f"{name}: min {min(ts):.2f}, median {np.median(ts):.2f} ms a frame")
+    if a.profile:
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        per = a.repeats * a.frames * 1e3  # profiler times are in microseconds
+        print("whole refiner, by op (self time, ms a frame):")
+        for e in ops[:10]:
+            print(f"  {e.key}: {e.self_cpu_time_total / per:.3f} ({e.count // a.repeats} calls)")
 
 
 if __name__ == "__main__":
