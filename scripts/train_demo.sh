@@ -189,16 +189,13 @@ stage frame-decoder "$RUNS/fdec/vae.safetensors" "$RUNS/fdec" -- \
 
 vae="$RUNS/fdec/vae.safetensors"  # what the model folder ships
 if [ "$REFINER_STEPS" != 0 ]; then
-    stage refiner "$RUNS/refiner/vae.safetensors" "$RUNS/refiner" -- \
-        "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/refiner" \
-        --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" --set train.threads="$THREADS"
-    vae="$RUNS/refiner/vae.safetensors"
-    for ((round = 2; round <= REFINER_ROUNDS; round++)); do  # continues the VAE's own refiner
-        stage "refiner-$round" "$RUNS/refiner-$round/vae.safetensors" "$RUNS/refiner-$round" -- \
-            "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" \
-            --out "$RUNS/refiner-$round" --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" \
-            --set train.threads="$THREADS"
-        vae="$RUNS/refiner-$round/vae.safetensors"
+    for ((round = 1; round <= REFINER_ROUNDS; round++)); do  # from round 2: continues the last
+        name=refiner
+        [ "$round" = 1 ] || name="refiner-$round"
+        stage "$name" "$RUNS/$name/vae.safetensors" "$RUNS/$name" -- \
+            "$RT" train refiner "${q[@]}" --data "$DATA" --vae "$vae" --out "$RUNS/$name" \
+            --steps "$REFINER_STEPS" --set clips="$REFINER_CLIPS" --set train.threads="$THREADS"
+        vae="$RUNS/$name/vae.safetensors"
     done
 fi
 
