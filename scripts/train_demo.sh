@@ -85,7 +85,8 @@ REFINER_STEPS=${REFINER_STEPS:-3000}
 REFINER_CLIPS=${REFINER_CLIPS:-600}
 # in rounds of REFINER_STEPS: each round continues the last one's refiner with a fresh
 # learning-rate schedule, as the shipped refiner was trained (docs/results.md section 9,
-# "Trained longer")
+# "Trained longer"); the training clips are reconstructed once, by round 1 (the later rounds
+# hard-link its refiner_data.pt)
 REFINER_ROUNDS=${REFINER_ROUNDS:-4}
 if ! [[ "$REFINER_ROUNDS" =~ ^[1-9][0-9]*$ ]]; then  # checked before any stage runs
     echo "error: REFINER_ROUNDS must be a whole number >= 1, got '$REFINER_ROUNDS'" >&2

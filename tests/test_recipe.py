@@ -67,7 +67,9 @@ def test_the_recipe_trains_a_model_that_generates_and_resumes(tmp_path):
     pipe = Pipeline.from_pretrained(model)
     assert pipe.settings().steps == 4  # the shipped model's sampling default
     assert pipe.models.vae.refiner is not None  # the model folder's VAE has the refiner
-    assert "continuing the VAE's own refiner" in (runs / "refiner-2" / "log.txt").read_text()
+    round2 = (runs / "refiner-2" / "log.txt").read_text()
+    assert "continuing the VAE's own refiner" in round2
+    assert "reconstructions reused from" in round2  # round 1's, not made again
     # a second run skips every finished stage
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -143,6 +143,23 @@ def test_refiner_training_resumes_exactly_and_keeps_the_rest(synth_dataset, base
     assert lines[0]["loss"] > 0 and "test_sharpness" in lines[-1] and "test_psnr" in lines[-1]
 
 
+def test_a_round_reuses_the_reconstructions_beside_the_vae_it_continues(
+    synth_dataset, base_vae, tmp_path
+):
+    first = train_refiner(_cfg(synth_dataset, base_vae, 2), tmp_path / "r1", progress=False)
+    second = train_refiner(_cfg(synth_dataset, first, 2), tmp_path / "r2", progress=False)
+    a, b = tmp_path / "r1" / DATA, tmp_path / "r2" / DATA
+    assert a.stat().st_ino == b.stat().st_ino  # the same file, hard-linked
+    assert f"reconstructions reused from {a}" in (tmp_path / "r2" / "log.txt").read_text()
+    assert load_vae(second).config.refiner_width == 4
+    # other frames kept: the file beside it does not match, so the round reconstructs its own
+    train_refiner(_cfg(synth_dataset, first, 2, frames_per_clip=2), tmp_path / "r3", progress=False)
+    c = tmp_path / "r3" / DATA
+    assert c.stat().st_ino != a.stat().st_ino
+    assert torch.load(c, weights_only=False)["k"] == 2
+    assert "reused" not in (tmp_path / "r3" / "log.txt").read_text()
+
+
 def test_refiner_learns_to_copy_the_portraits_detail(synth_dataset, base_vae, tmp_path):
     """Twenty steps at a high learning rate lower the loss on the training frames."""
     cfg = _cfg(synth_dataset, base_vae, 20, grad_weight=0.0)

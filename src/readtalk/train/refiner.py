@@ -7,8 +7,9 @@ valid: the release is the same VAE with a refiner added. Once, at the start, ``c
 clips are reconstructed through the whole VAE (their first ``window`` frames encoded and
 decoded, as generation decodes), and ``frames_per_clip`` of those frames are kept, as uint8,
 with the truth and the clip's reference portrait and the portrait's own round trip
-(``refiner_data.pt`` in the run folder: a resumed run does not reconstruct again). Each step
-refines ``batch_size`` random kept frames with their clip's portrait (flipped together at
+(``refiner_data.pt`` in the run folder: a resumed run does not reconstruct again, nor does a
+run whose ``--vae`` sits beside a matching one, as each round of a refiner trained in rounds).
+Each step refines ``batch_size`` random kept frames with their clip's portrait (flipped together at
 random) and minimises the L1 to the truth plus ``grad_weight`` x the L1 of the image gradients,
 which is where blur shows. Evaluation reconstructs held-out clips with their portraits: PSNR,
 SSIM, sharpness (whole frame, mouth and eyes) and, on SynthTalk, the mouth scores of
@@ -18,6 +19,8 @@ SSIM, sharpness (whole frame, mouth and eyes) and, on SynthTalk, the mouth score
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,17 +206,48 @@ def _load_vae(cfg: RefinerRunConfig, run) -> FactorisedVAE:
 
 
 def _load_or_make(run, vae, train_recs, cfg, size, progress) -> dict[str, torch.Tensor]:
+    """The run's reconstructions: its own ``refiner_data.pt`` (a resumed run), else the one
+    beside ``cfg.vae`` when it was made from the same frame VAE, packer, clips and frames (a
+    round that continues another run's refiner: hard-linked, or copied across file systems),
+    else made now (minutes) and saved."""
     key = {"vae_sha256": state_sha256(vae.frame) + state_sha256(vae.packer)}
     key.update(ids=[r["id"] for r in train_recs], window=cfg.window, k=cfg.frames_per_clip)
     path = run.root / DATA
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if all(saved.get(k) == v for k, v in key.items()):
-            return saved["tensors"]
+    tensors = _matching(path, key)
+    if tensors is not None:
+        return tensors
+    beside = Path(cfg.vae).parent / DATA
+    if beside.resolve() != path.resolve():
+        tensors = _matching(beside, key)
+        if tensors is not None:
+            if dist.is_main():
+                _link_or_copy(beside, path)
+                run.log(f"reconstructions reused from {beside}")
+            return tensors
     tensors = reconstruct_frames(vae, train_recs, cfg, size, progress)
     if dist.is_main():
         atomic_save({**key, "tensors": tensors}, path)
     return tensors
+
+
+def _matching(path: Path, key: dict) -> dict[str, torch.Tensor] | None:
+    """The tensors of a ``refiner_data.pt`` made with ``key``, or None (no file, another key)."""
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return saved["tensors"] if all(saved.get(k) == v for k, v in key.items()) else None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` made the same file as ``src``: a hard link (no space) where the file system
+    allows one, else an atomic copy."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
 
 
 def train_refiner(
