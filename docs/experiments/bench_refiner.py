@@ -5,9 +5,10 @@ against the same network on contiguous (NCHW) activations, in one process, inter
     .venv/bin/python docs/experiments/bench_refiner.py --threads 2
 
 The shipped demo VAE's refiner on 16 decoded frames of a demo portrait at a time; prints the
-minimum and the median over ``--repeats`` calls, in ms per frame. ``--profile``: also where the
-whole refiner's time goes, op by op (``torch.profiler``, ms a frame; ``--frames 8`` is what the
-rolling decode hands it).
+minimum and the median over ``--repeats`` calls, in ms per frame; ``--against VAE`` adds
+another VAE's whole refiner to the same loop. ``--profile``: also where the whole refiner's
+time goes, op by op (``torch.profiler``, ms a frame; ``--frames 8`` is what the rolling decode
+hands it).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--profile", action="store_true", help="the whole refiner's ops")
+    p.add_argument(
+        "--against", action="append", default=[], metavar="VAE",
+        help="another VAE whose whole refiner is timed in the same loop (repeatable)",
+    )  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     vae = load_vae(a.vae).eval().float()
@@ -59,6 +64,13 @@ def main() -> None:
             "flow network, channels-last (shipped)": lambda: r.motion(y, ref),
             "whole refiner (shipped)": lambda: r(y, ref),
         }
+        for path in a.against:
+            other = load_vae(path).eval().float()
+            assert other.refiner is not None, f"{path} has no portrait refiner"
+            c = other.config
+            name = f"whole refiner, {path} (width {c.refiner_width}, 1/{c.refiner_scale})"
+            oref = other.reference(image)
+            runs[name] = lambda o=other.refiner, oref=oref: o(y, oref)
         assert torch.allclose(motion_nchw(r, y, ref), r.motion(y, ref), atol=1e-4)
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(a.repeats):
