@@ -480,7 +480,13 @@ def test_webrtc_peer_gets_the_avatar_and_its_speech(server):
         pc = RTCPeerConnection()
         pc.addTrack(Speech())
         pc.addTransceiver("video", direction="recvonly")
-        got = {"video": [], "audio": 0}
+        got = {"video": [], "audio": 0, "events": []}
+        channel = pc.createDataChannel("readtalk")
+        peers = server.server.config.app.state.webrtc.peers
+
+        @channel.on("message")
+        def on_message(msg):  # the server's frames shown when it told us
+            got["events"].append((json.loads(msg), [p.shown for p in peers]))
 
         def on_frame(kind, f):
             if kind == "video":
@@ -503,6 +509,9 @@ def test_webrtc_peer_gets_the_avatar_and_its_speech(server):
     fps = (len(times) - 1) / (times[-1] - times[0])
     assert {(w, h) for _, w, h in got["video"]} == {(SIZE, SIZE)}
     assert 20 <= fps <= 30 and got["audio"] > 0 and busy == 1
+    # told once, after the first generated frame went out (the portrait before it)
+    assert [e for e, _ in got["events"]] == [{"event": "first_frame"}]
+    assert len(got["events"][0][1]) == 1 and got["events"][0][1][0] >= 1
     for _ in range(100):  # the server sees the hang-up and frees the slot
         if httpx.get(server.url + "/health").json()["sessions"] == 0:
             break

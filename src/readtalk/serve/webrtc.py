@@ -7,6 +7,11 @@ speech as soon as they exist, otherwise the last frame again (at the start, the 
 While nobody speaks (no audio for ``IDLE_S``), the server feeds silence to the session in
 real time, so the avatar keeps living: a closed mouth that still moves, never a freeze.
 
+A client that opens a data channel (any label) hears on it ``{"event": "first_frame"}`` when
+the first generated frame leaves for its video track: until then the track shows the portrait,
+and a client cannot tell from the pictures alone (the browser page times its first-frame
+latency from the first frame that changes after this message).
+
 Each peer holds one live-stream slot (``Engine.slot``) until its connection closes or
 fails; then its session is dropped and its memory freed.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import json
 import time
 from collections import deque
 from typing import Any
@@ -67,6 +73,7 @@ class _Peer:
         self._tasks: list[asyncio.Task] = [asyncio.create_task(self._feed())]
         self.closed = False
         self.shown = 0
+        self.channel = None  # the client's data channel, if it opened one
 
     def listen(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.create_task(self._read(track)))
@@ -108,10 +115,17 @@ class _Peer:
         if self.frames:
             self.last = self.frames.popleft()
             self.shown += 1
+            if self.shown == 1:
+                self.tell_first_frame()
             take = self.speech[:SAMPLES_PER_FRAME]
             self.speech = self.speech[SAMPLES_PER_FRAME:]
             self.out_audio = np.concatenate([self.out_audio, take])
         return self.last
+
+    def tell_first_frame(self) -> None:
+        """``{"event": "first_frame"}`` on the client's data channel, once one is open."""
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps({"event": "first_frame"}))
 
     def next_audio(self, n: int) -> np.ndarray:
         out = np.zeros(n, np.float32)
@@ -199,6 +213,12 @@ class WebRTC:
         self.peers.add(peer)
         pc.addTrack(_AvatarTrack(peer))
         pc.addTrack(_SpeechTrack(peer))
+
+        @pc.on("datachannel")
+        def on_channel(channel) -> None:
+            peer.channel = channel
+            if peer.shown:  # opened after the first generated frame went out
+                peer.tell_first_frame()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

@@ -77,6 +77,16 @@ async function startWebRTC(speech, image) {
   canvas.hidden = true;
   const pc = new RTCPeerConnection();
   pc.addTransceiver('video', { direction: 'recvonly' });
+  // the server says here when its first generated frame goes out (before it, the portrait)
+  const events = pc.createDataChannel('readtalk');
+  let generating = false;
+  events.onmessage = (e) => {
+    try {
+      if (JSON.parse(e.data).event === 'first_frame') generating = true;
+    } catch (err) {
+      // not an event of ours
+    }
+  };
   speech.stream.getAudioTracks().forEach((t) => pc.addTrack(t, speech.stream));
   const remote = new MediaStream();
   pc.ontrack = (e) => {
@@ -108,7 +118,7 @@ async function startWebRTC(speech, image) {
   }
   speech.begin();
   setStatus('connected: waiting for the first frames');
-  const unwatch = watchVideo(pc);
+  const unwatch = watchVideo(pc, () => generating);
   return {
     stop() {
       unwatch();
@@ -128,8 +138,10 @@ function iceGathered(pc) {
 }
 
 // Counts the frames the <video> shows; the first generated frame is the first that differs
-// from the portrait the server shows until then (compared on 32x32 thumbnails).
-function watchVideo(pc) {
+// from the portrait the server shows until then (compared on 32x32 thumbnails with the last
+// frame shown before the server said its first generated frame went out: the portrait's first
+// frames can still change as the video stream settles).
+function watchVideo(pc, generating) {
   let live = true;
   let ref = null;
   const thumb = document.createElement('canvas');
@@ -139,7 +151,7 @@ function watchVideo(pc) {
     if (stats.firstFrameMs !== null || !video.videoWidth) return;
     tctx.drawImage(video, 0, 0, 32, 32);
     const px = tctx.getImageData(0, 0, 32, 32).data;
-    if (!ref) {
+    if (!ref || !generating()) {
       ref = px;
       return;
     }
