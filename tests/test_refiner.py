@@ -144,7 +144,7 @@ def test_refiner_training_resumes_exactly_and_keeps_the_rest(synth_dataset, base
 
 
 def test_a_round_reuses_the_reconstructions_beside_the_vae_it_continues(
-    synth_dataset, base_vae, tmp_path
+    synth_dataset, base_vae, tmp_path, monkeypatch
 ):
     first = train_refiner(_cfg(synth_dataset, base_vae, 2), tmp_path / "r1", progress=False)
     second = train_refiner(_cfg(synth_dataset, first, 2), tmp_path / "r2", progress=False)
@@ -158,6 +158,18 @@ def test_a_round_reuses_the_reconstructions_beside_the_vae_it_continues(
     assert c.stat().st_ino != a.stat().st_ino
     assert torch.load(c, weights_only=False)["k"] == 2
     assert "reused" not in (tmp_path / "r3" / "log.txt").read_text()
+
+    # a file system without hard links: the same reconstructions are saved again
+    def no_link(src, dst):
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr("readtalk.train.refiner.os.link", no_link)
+    train_refiner(_cfg(synth_dataset, first, 2), tmp_path / "r4", progress=False)
+    d = tmp_path / "r4" / DATA
+    assert d.stat().st_ino != a.stat().st_ino
+    assert "reconstructions reused from" in (tmp_path / "r4" / "log.txt").read_text()
+    ta, td = (torch.load(f, weights_only=False)["tensors"] for f in (a, d))
+    assert all(torch.equal(ta[k], td[k]) for k in ta)
 
 
 def test_refiner_learns_to_copy_the_portraits_detail(synth_dataset, base_vae, tmp_path):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,8 +207,8 @@ def _load_vae(cfg: RefinerRunConfig, run) -> FactorisedVAE:
 def _load_or_make(run, vae, train_recs, cfg, size, progress) -> dict[str, torch.Tensor]:
     """The run's reconstructions: its own ``refiner_data.pt`` (a resumed run), else the one
     beside ``cfg.vae`` when it was made from the same frame VAE, packer, clips and frames (a
-    round that continues another run's refiner: hard-linked, or copied across file systems),
-    else made now (minutes) and saved."""
+    round that continues another run's refiner: hard-linked, or saved again where the file
+    system cannot link), else made now (minutes) and saved."""
     key = {"vae_sha256": state_sha256(vae.frame) + state_sha256(vae.packer)}
     key.update(ids=[r["id"] for r in train_recs], window=cfg.window, k=cfg.frames_per_clip)
     path = run.root / DATA
@@ -217,16 +216,15 @@ def _load_or_make(run, vae, train_recs, cfg, size, progress) -> dict[str, torch.
     if tensors is not None:
         return tensors
     beside = Path(cfg.vae).parent / DATA
-    if beside.resolve() != path.resolve():
-        tensors = _matching(beside, key)
-        if tensors is not None:
-            if dist.is_main():
-                _link_or_copy(beside, path)
-                run.log(f"reconstructions reused from {beside}")
-            return tensors
-    tensors = reconstruct_frames(vae, train_recs, cfg, size, progress)
+    reused = _matching(beside, key) if beside.resolve() != path.resolve() else None
+    tensors = reused
+    if tensors is None:
+        tensors = reconstruct_frames(vae, train_recs, cfg, size, progress)
     if dist.is_main():
-        atomic_save({**key, "tensors": tensors}, path)
+        if reused is None or not _hard_link(beside, path):
+            atomic_save({**key, "tensors": tensors}, path)
+        if reused is not None:
+            run.log(f"reconstructions reused from {beside}")
     return tensors
 
 
@@ -238,16 +236,14 @@ def _matching(path: Path, key: dict) -> dict[str, torch.Tensor] | None:
     return saved["tensors"] if all(saved.get(k) == v for k, v in key.items()) else None
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` made the same file as ``src``: a hard link (no space) where the file system
-    allows one, else an atomic copy."""
+def _hard_link(src: Path, dst: Path) -> bool:
+    """``dst`` made the same file as ``src`` (no space); False where the file system cannot."""
     dst.unlink(missing_ok=True)
     try:
         os.link(src, dst)
     except OSError:
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        return False
+    return True
 
 
 def train_refiner(
