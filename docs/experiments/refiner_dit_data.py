@@ -60,9 +60,11 @@ class TeacherForced:
 
 
 @torch.no_grad()
-def generate(pipe: Pipeline, rec: dict, frames: int, size: int, t0: float, seed: int) -> np.ndarray:
+def generate(
+    pipe: Pipeline, rec: dict, frames: int, size: int, t0: float, seed: int, refine: bool = False
+) -> np.ndarray:
     """The clip's first ``frames`` frames as the model draws them from its truth at ``t0``,
-    uint8 (frames, H, W, 3), unrefined."""
+    uint8 (frames, H, W, 3), unrefined (``refine``: with the model's refiner, as generated)."""
     st = pipe.default_settings.override(seed=seed)
     video = fit_size(read_video(resolve(rec, "video"), frames + 8)[: frames + 8], size)
     truth = pipe.models.encode(to_tensor(np.ascontiguousarray(video))[None])
@@ -74,7 +76,8 @@ def generate(pipe: Pipeline, rec: dict, frames: int, size: int, t0: float, seed:
     session_mod.sample_clip = TeacherForced(truth, sched, gen)
     try:
         s = session_mod.Session(pipe.models, load_reference(rec, size), st)
-        s._refine = None  # the refiner's input: frames decoded without it
+        if not refine:
+            s._refine = None  # the refiner's input: frames decoded without it
         out = [*s.push(audio), *s.flush()]
     finally:
         session_mod.sample_clip = saved
