@@ -35,6 +35,43 @@ def blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)[0]
 
 
+def load_run_data(src: str, data: str, clips: int):
+    """A run's ``refiner_data.pt`` (the whole saved dict: key and ``tensors``), the run's training
+    records (its first ``clips``; 0: all), each tensor row's position among them, and a config
+    with the file's window and frames."""
+    saved = torch.load(src, map_location="cpu", weights_only=False)
+    t = saved["tensors"]
+    recs = [r for r in load_manifest(data) if r["split"] == "train"]
+    recs = recs[:clips] if clips else recs
+    rows = t["index"].tolist() if "index" in t else list(range(t["truth"].shape[0]))
+    cfg = RefinerRunConfig(data=data, vae="-", window=saved["window"], frames_per_clip=saved["k"])
+    return saved, recs, rows, cfg
+
+
+def mouth_boxes(recs: list[dict], rows: list[int], cfg: RefinerRunConfig, size: int):
+    """``region_boxes`` of these rows' clips; exits with a one-line error without face geometry."""
+    boxes = region_boxes([recs[i] for i in rows], cfg, size)
+    if boxes is None:
+        raise SystemExit("error: these clips' tracks have no face geometry (SynthTalk only)")
+    return boxes
+
+
+def mouth_area(boxes: torch.Tensor, i: int, j: int, size: int, margin: int = 4):
+    """(rows, columns) slices of row ``i``'s frame ``j`` mouth box, ``margin`` px wider each
+    side, inside the ``size``-pixel frame."""
+    x0, y0, x1, y1 = (int(v) for v in boxes[i, j, 0])
+    ys = slice(max(y0 - margin, 0), min(y1 + margin, size))
+    return ys, slice(max(x0 - margin, 0), min(x1 + margin, size))
+
+
+def save_run_data(saved: dict, out: str) -> Path:
+    """``saved`` as ``refiner_data.pt`` in the run folder ``out`` (made if needed)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, folder / DATA)
+    return folder / DATA
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
@@ -45,32 +82,21 @@ def main() -> None:
     p.add_argument("--sigma", type=float, nargs=2, default=(1.0, 3.0))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    saved = torch.load(a.src, map_location="cpu", weights_only=False)
-    t = saved["tensors"]
-    recs = [r for r in load_manifest(a.data) if r["split"] == "train"]
-    recs = recs[: a.clips] if a.clips else recs
-    rows = t["index"].tolist() if "index" in t else list(range(t["truth"].shape[0]))
-    cfg = RefinerRunConfig(data=a.data, vae="-", window=saved["window"], frames_per_clip=saved["k"])
-    size = t["recon"].shape[-1]
-    boxes = region_boxes([recs[i] for i in rows], cfg, size)
-    if boxes is None:
-        raise SystemExit("error: these clips' tracks have no face geometry (SynthTalk only)")
+    saved, recs, rows, cfg = load_run_data(a.src, a.data, a.clips)
+    recon, done = saved["tensors"]["recon"], 0
+    size = recon.shape[-1]
+    boxes = mouth_boxes(recs, rows, cfg, size)
     rng = np.random.default_rng(a.seed)
-    recon, done = t["recon"], 0
     for i in range(recon.shape[0]):
         for j in range(recon.shape[1]):
             if rng.random() < 1.0 - a.p:
                 continue
-            x0, y0, x1, y1 = (int(v) for v in boxes[i, j, 0])
-            x0, y0 = max(x0 - 4, 0), max(y0 - 4, 0)
-            x1, y1 = min(x1 + 4, size), min(y1 + 4, size)
+            ys, xs = mouth_area(boxes, i, j, size)
             b = blur(recon[i, j].float(), rng.uniform(*a.sigma))
-            recon[i, j, :, y0:y1, x0:x1] = b[:, y0:y1, x0:x1].round().clamp(0, 255).to(torch.uint8)
+            recon[i, j, :, ys, xs] = b[:, ys, xs].round().clamp(0, 255).to(torch.uint8)
             done += 1
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(saved, out / DATA)
-    print(f"blurred the mouths of {done} of {recon.shape[0] * recon.shape[1]} frames: {out / DATA}")
+    path = save_run_data(saved, a.out)
+    print(f"blurred the mouths of {done} of {recon.shape[0] * recon.shape[1]} frames: {path}")
 
 
 if __name__ == "__main__":

@@ -22,18 +22,18 @@ and these; it is written into the folder ``--out`` with the source's key, so
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+from refiner_blur_data import load_run_data, mouth_area, mouth_boxes, save_run_data
 from tqdm import tqdm
 
 import readtalk.session as session_mod
-from readtalk.data.manifest import clip_audio_path, load_manifest, load_reference, resolve
+from readtalk.data.manifest import clip_audio_path, load_reference, resolve
 from readtalk.diffusion import ans_sample, timestep_schedule
 from readtalk.media import SAMPLES_PER_FRAME, fit_size, load_audio, read_video, to_tensor
 from readtalk.pipeline import Pipeline
-from readtalk.train.refiner import DATA, RefinerRunConfig, kept_frames, region_boxes
+from readtalk.train.refiner import kept_frames
 
 
 class TeacherForced:
@@ -66,7 +66,7 @@ def generate(
     """The clip's first ``frames`` frames as the model draws them from its truth at ``t0``,
     uint8 (frames, H, W, 3), unrefined (``refine``: with the model's refiner, as generated)."""
     st = pipe.default_settings.override(seed=seed)
-    video = fit_size(read_video(resolve(rec, "video"), frames + 8)[: frames + 8], size)
+    video = fit_size(read_video(resolve(rec, "video"), frames + 8), size)
     truth = pipe.models.encode(to_tensor(np.ascontiguousarray(video))[None])
     full = timestep_schedule(st.steps, st.shift)
     sched = torch.tensor([t0] + [float(t) for t in full if float(t) < t0 - 1e-6])
@@ -87,17 +87,15 @@ def generate(
     return got[:frames]
 
 
-def mouth_from_input(t: dict, rows: range, boxes: torch.Tensor, margin: int = 4) -> None:
+def mouth_from_input(t: dict, rows: range, boxes: torch.Tensor) -> None:
     """In place: the truth of ``rows`` takes its input's (``recon``) pixels inside each frame's
-    mouth box (``boxes`` (N, k, 3, 4), ``margin`` px wider each side), so training asks the
-    refiner to keep the mouth it is given there, and the truth's detail everywhere else."""
+    mouth box (``boxes`` (N, k, 3, 4), 4 px wider each side), so training asks the refiner to
+    keep the mouth it is given there, and the truth's detail everywhere else."""
     size = t["truth"].shape[-1]
     for i in rows:
         for j in range(t["truth"].shape[1]):
-            x0, y0, x1, y1 = (int(v) for v in boxes[i, j, 0])
-            x0, y0 = max(x0 - margin, 0), max(y0 - margin, 0)
-            x1, y1 = min(x1 + margin, size), min(y1 + margin, size)
-            t["truth"][i, j, :, y0:y1, x0:x1] = t["recon"][i, j, :, y0:y1, x0:x1]
+            ys, xs = mouth_area(boxes, i, j, size)
+            t["truth"][i, j, :, ys, xs] = t["recon"][i, j, :, ys, xs]
 
 
 def main() -> None:
@@ -115,13 +113,9 @@ def main() -> None:
         help="the new rows' target keeps the DiT's own mouth (mouth box, 4 px wider)",
     )  # fmt: skip
     a = p.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    saved = torch.load(a.src, map_location="cpu", weights_only=False)
+    saved, recs, rows, cfg = load_run_data(a.src, a.data, a.run_clips)
     t = saved["tensors"]
-    recs = [r for r in load_manifest(a.data) if r["split"] == "train"][: a.run_clips or None]
     n, k = t["recon"].shape[:2]
-    rows = t["index"].tolist() if "index" in t else list(range(n))
-    cfg = RefinerRunConfig(data=a.data, vae="-", window=saved["window"], frames_per_clip=saved["k"])
     keep = kept_frames(cfg)
     size = t["recon"].shape[-1]
     pipe = Pipeline.from_pretrained(a.model)
@@ -139,14 +133,10 @@ def main() -> None:
         t[name] = torch.cat([t[name], t[name][new]])
     t["index"] = torch.cat([torch.as_tensor(rows), torch.as_tensor(rows)[new]])
     if a.mouth_from_input:
-        boxes = region_boxes([recs[i] for i in t["index"].tolist()], cfg, size)
-        if boxes is None:
-            raise SystemExit("error: these clips' tracks have no face geometry (SynthTalk only)")
+        boxes = mouth_boxes(recs, t["index"].tolist(), cfg, size)
         mouth_from_input(t, range(n, n + len(made)), boxes)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(saved, out / DATA)
-    print(f"{len(made)} clips x {k} DiT frames added to {n} clips' reconstructions: {out / DATA}")
+    path = save_run_data(saved, a.out)
+    print(f"{len(made)} clips x {k} DiT frames added to {n} clips' reconstructions: {path}")
 
 
 if __name__ == "__main__":
