@@ -361,6 +361,19 @@ def test_dit_overfits_one_batch(cache):
     assert last < 0.5 * first, (first, last)
 
 
+def test_a_run_with_the_mouth_loss_logs_it_and_resumes_exactly(cache, tmp_path):
+    cfg = _run_cfg(cache["out"], 6)
+    cfg = dataclasses.replace(cfg, diffusion=DiffusionConfig(mouth_weight=1.0))
+    train_dit(cfg, tmp_path / "full", progress=False)
+    assert train_dit(cfg, tmp_path / "part", progress=False, stop_at=4) is None
+    train_dit(cfg, tmp_path / "part", resume=True, progress=False)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    rows = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    mouth = [r["mouth"] for r in rows if "mouth" in r]
+    assert len(mouth) == 6 and all(np.isfinite(mouth))
+    assert "mouth loss: weight 1.0" in (tmp_path / "full/log.txt").read_text()
+
+
 def test_train_dit_cli(cache, tmp_path, capsys):
     from readtalk.cli.main import build_parser
     from readtalk.cli.train import cmd_train_dit

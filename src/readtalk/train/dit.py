@@ -55,6 +55,7 @@ from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
+from readtalk.train.mouth_probe import fit_mouth_probe, mouth_loss
 from readtalk.train.optim import OptimConfig, optimizer_steps
 from readtalk.train.rolling import (
     model_velocity,
@@ -103,6 +104,9 @@ class DiffusionConfig:
     # the share of the data's target (the true new latent) in a self-rolled window's target,
     # the rest the teacher's velocity at the true context
     rollout_data: float = 0.0
+    # > 0: a loss on the velocity error along the latent's mouth directions, fitted on the
+    # cache's lip gaps (readtalk.train.mouth_probe), this much of the flow loss's weight
+    mouth_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ class DiTRunConfig:
                 f"rollout_steps >= 1, got {d.self_rollout}, {d.p_self}, {d.rollout_data} and "
                 f"{d.rollout_steps}"
             )
+        if d.mouth_weight < 0:
+            raise ReadtalkError(f"diffusion.mouth_weight must be >= 0, got {d.mouth_weight}")
         if d.self_rollout and not (d.rolling_context and d.teacher):
             raise ReadtalkError(
                 "diffusion.self_rollout needs rolling windows (diffusion.rolling_context) and a "
@@ -229,6 +235,7 @@ def dit_losses(
     gen: torch.Generator,
     part: slice = slice(None),
     teacher=None,
+    probe: torch.Tensor | None = None,
 ) -> dict:
     """One training step's loss on a cache batch (normalised latents).
 
@@ -236,7 +243,8 @@ def dit_losses(
     whole ``batch``, on the CPU; the model sees its rows ``part`` (a rank's share under
     torchrun) on its own device, and a share's loss is scaled so that the mean over the shares
     is the whole batch's loss. With ``teacher`` the target is its guided velocity
-    (``train.rolling``)."""
+    (``train.rolling``). With ``probe`` (``fit_mouth_probe``) and ``d.mouth_weight`` the loss
+    adds the mouth term (logged as ``mouth``), whose target is always the data's velocity."""
 
     device = next(model.parameters()).device
 
@@ -285,10 +293,14 @@ def dit_losses(
         frame_mask=mine(mask),
         token_weights=None if tw is None else mine(tw),
     )
+    out = {}
+    if probe is not None and d.mouth_weight:
+        out["mouth"] = mouth_loss(v, mine(noise - z0), probe, mine(mask))
+        loss = loss + d.mouth_weight * out["mouth"]
     rows = len(range(b)[part])
     if rows < b:  # the loss is normalised by the share's loss frames, not the batch's
         loss = loss * (float(mask[part].sum()) / max(float(mask.sum()), 1.0) * b / rows)
-    return {"loss": loss}
+    return {"loss": loss, **out}
 
 
 @torch.no_grad()
@@ -364,9 +376,14 @@ def train_dit(
                 f"latents made by the model ({d.rollout_steps} steps, floor {d.rollout_floor})"
             )
 
+    probe = None
+    if cfg.diffusion.mouth_weight:
+        probe = fit_mouth_probe(train.normalize(train.latent), train.gap).to(run.device)
+        run.log(f"mouth loss: weight {cfg.diffusion.mouth_weight}, probe fitted on the cache")
+
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         batch = train.sample(tc.batch_size, rng)  # the global batch; this rank's rows: part
-        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng), part, teacher)
+        return dit_losses(model, batch, cfg.diffusion, _torch_gen(rng), part, teacher, probe)
 
     # DDP, or FSDP2 sharding in place (before the optimiser is built); the EMA is sharded alike
     step = dist.parallelize(dist.TrainStep(model, loss_fn), tc)
