@@ -372,6 +372,7 @@ def test_a_run_with_the_mouth_loss_logs_it_and_resumes_exactly(cache, tmp_path):
     mouth = [r["mouth"] for r in rows if "mouth" in r]
     assert len(mouth) == 6 and all(np.isfinite(mouth))
     assert "mouth loss: weight 1.0" in (tmp_path / "full/log.txt").read_text()
+    assert math.isfinite(rows[-1]["test_ema_mouth"])
 
 
 def test_train_dit_cli(cache, tmp_path, capsys):

@@ -304,11 +304,14 @@ def dit_losses(
 
 
 @torch.no_grad()
-def eval_loss(model, data, batch_size: int, limit: int = 0, audio: bool = True) -> float:
+def eval_loss(
+    model, data, batch_size: int, limit: int = 0, audio: bool = True, probe=None
+) -> float:
     """Mean flow-matching loss over ``data`` at t in EVAL_T (all frames alike, clean
     reference) with noise from a fixed seed, every condition kept: deterministic. With
     ``audio=False`` the speech is dropped (the null speech tokens of classifier-free guidance):
-    the loss without the speech minus the loss with it is how much the model uses the speech."""
+    the loss without the speech minus the loss with it is how much the model uses the speech.
+    With ``probe`` the measure is the mouth loss (``mouth_loss``) instead of the flow loss."""
 
     n = len(data) if not limit else min(limit, len(data))
     gen = torch.Generator().manual_seed(EVAL_SEED)
@@ -324,7 +327,11 @@ def eval_loss(model, data, batch_size: int, limit: int = 0, audio: bool = True) 
             t[:, 0] = 0.0
             keep = None if audio else torch.zeros(b, dtype=torch.bool, device=device)
             v = model(add_noise(z0, noise, t[:, 1:]), t, ref, speech, audio_mask=keep)
-            total += float(flow_matching_loss(v, z0, noise)) * b
+            if probe is None:
+                total += float(flow_matching_loss(v, z0, noise)) * b
+            else:
+                every = torch.ones(b, f, dtype=torch.bool, device=device)
+                total += float(mouth_loss(v, noise - z0, probe, every)) * b
             count += b
     return total / max(1, count)
 
@@ -405,6 +412,8 @@ def train_dit(
         # how much the EMA model uses the speech: its loss with the speech dropped, minus ema_loss
         no_audio = eval_loss(ema, test, tc.batch_size, cfg.eval_windows, audio=False)
         res["ema_audio_gain"] = no_audio - res["ema_loss"]
+        if probe is not None:  # the held-out error along the mouth's directions
+            res["ema_mouth"] = eval_loss(ema, test, tc.batch_size, cfg.eval_windows, probe=probe)
         if sampler is not None:
             res.update(sampler(ema, optimizer_steps(opt)))
         return res
