@@ -181,6 +181,42 @@ def readouts(rows: dict, lams: list[float]) -> None:
             )
 
 
+@torch.no_grad()
+def rolling_steps(cache: Path, paths: list[str]) -> None:
+    from readtalk.data.cache import CachedLatents
+    from readtalk.diffusion import add_noise
+    from readtalk.dit.release import load_dit_release
+    from readtalk.train.mouth_probe import fit_mouth_probe, mouth_loss, probe_gaps
+
+    train, test = CachedLatents(cache, "train"), CachedLatents(cache, "test")
+    probe = fit_mouth_probe(train.normalize(train.latent), train.gap)
+    b = test.get(list(range(len(test))))
+    z0, ref, speech = b["latent"], b["ref"], b["audio"]
+    n = len(z0)
+    for path in paths:
+        model = load_dit_release(path).model.float().eval()
+        row = []
+        for tv in (0.5, 0.75, 1.0):
+            for audio in (True, False):
+                gen = torch.Generator().manual_seed(0)
+                errs, est, true = [], [], []
+                for j in range(2, z0.shape[2]):
+                    x = z0[:, :, j - 2 : j + 1]
+                    noise = torch.randn(x.shape, generator=gen)
+                    t = torch.tensor([0.0, 0.35, 0.35, tv]).expand(n, 4)
+                    zt = add_noise(x, noise, t[:, 1:])
+                    keep = None if audio else torch.zeros(n, dtype=torch.bool)
+                    v = model(zt, t, ref, speech[:, j - 2 : j + 1], audio_mask=keep)
+                    new = torch.ones(n, 1, dtype=torch.bool)
+                    errs.append(float(mouth_loss(v[:, :, 2:], (noise - x)[:, :, 2:], probe, new)))
+                    est.append(probe_gaps((zt - tv * v)[:, :, 2:], probe)[:, 0])
+                    true.append(probe_gaps(x[:, :, 2:], probe)[:, 0])
+                r = clip_r(torch.stack(est, 1).flatten(1), torch.stack(true, 1).flatten(1))
+                tag = "" if audio else " no speech"
+                row.append(f"t {tv}{tag}: mouth loss {np.mean(errs):.3f}, r {r:.3f}")
+        print(f"{path}:\n  " + "\n  ".join(row), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", required=True)
@@ -189,7 +225,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500, help="conv probe's Adam steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dit", help="a DiT release: read-outs of its speech tokens and the latents")
+    p.add_argument("--steps-of", nargs="+", default=[], help="DiT releases: their rolling steps")
     a = p.parse_args()
+    if a.steps_of:
+        rolling_steps(Path(a.cache), a.steps_of)
+        return
     data = clip_sequences(Path(a.cache))
     train, test = data["train"], data["test"]
     print(f"clips: {len(train['y'])} train, {len(test['y'])} test, {train['y'].shape[1]} frames")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# docs/results.md section 8, "The mouth's directions in the loss": the shipped rolling DiT
+# fine-tuned 400 more steps with self-rollout phase 3's settings (docs/runs/self-rollout/train.sh),
+# with and without the mouth loss (diffusion.mouth_weight). On the 2-core CPU, the runs side by
+# side (one thread each, about 22 min).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+R=.venv/bin/readtalk
+D=src/readtalk/assets/demo
+# cache/st320-roll and runs/dit-roll-distill (phase 3's teacher): docs/runs/self-rollout/train.sh
+for w in ${WEIGHTS:-0 1}; do
+  OMP_WAIT_POLICY=PASSIVE $R train dit --cache cache/st320-roll --out runs/dit-mouth$w \
+    --size tiny --steps 400 --set init=$D/dit.safetensors \
+    --set diffusion.teacher=runs/dit-roll-distill/dit.safetensors \
+    --set diffusion.teacher_guidance=none --set diffusion.rolling_context=2 \
+    --set diffusion.self_rollout=5 --set diffusion.p_self=0.9 --set diffusion.rollout_data=0.5 \
+    --set train.batch_size=12 --set train.lr=1e-4 --set train.warmup=20 \
+    --set diffusion.motion_weight=3 --set train.ckpt_every=50 --set train.eval_every=1000 \
+    --set train.seed=3 --set train.threads=1 --set diffusion.mouth_weight=$w \
+    > runs/dit-mouth$w.log 2>&1 &
+done
+wait
+for w in ${WEIGHTS:-0 1}; do
+  $R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
+    --dit runs/dit-mouth$w/dit.safetensors --out runs/demo-mouth$w --copy-defaults $D/pipeline.json
+done
