@@ -24,3 +24,23 @@ for w in ${WEIGHTS:-0 1}; do
   $R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
     --dit runs/dit-mouth$w/dit.safetensors --out runs/demo-mouth$w --copy-defaults $D/pipeline.json
 done
+# the same without the teacher or self rollout: the data's velocity as the target, rolling
+# windows with the true context and condition dropout, so the DiT is sampled with Split-CFG
+# (about 12 min side by side)
+for w in ${WEIGHTS:-0 1}; do
+  OMP_WAIT_POLICY=PASSIVE $R train dit --cache cache/st320-roll --out runs/dit-cfgmouth$w \
+    --size tiny --steps 400 --set init=$D/dit.safetensors --set diffusion.rolling_context=2 \
+    --set train.batch_size=12 --set train.lr=1e-4 --set train.warmup=20 \
+    --set diffusion.motion_weight=3 --set train.ckpt_every=50 --set train.eval_every=1000 \
+    --set train.seed=4 --set train.threads=1 --set diffusion.mouth_weight=$w \
+    > runs/dit-cfgmouth$w.log 2>&1 &
+done
+wait
+for w in ${WEIGHTS:-0 1}; do
+  $R export --vae $D/vae.safetensors --speech $D/speechae.safetensors \
+    --dit runs/dit-cfgmouth$w/dit.safetensors --out runs/demo-cfgmouth$w \
+    --copy-defaults $D/pipeline.json
+done
+# measured with Split-CFG (alpha 2, beta 6) at 3 steps:
+#   python docs/experiments/guidance_sweep.py --model runs/demo-cfgmouth$w --data data/st1000 \
+#     --out results/mouth/cfgmouth$w --clips 32 --steps 3 --alpha 2 --beta 6 --syncnet ...
