@@ -12,7 +12,7 @@ import torch
 
 from readtalk.errors import ReadtalkError
 from readtalk.train.dit import DiffusionConfig, DiTRunConfig, dit_losses
-from readtalk.train.mouth_probe import fit_mouth_probe, mouth_loss, probe_gaps
+from readtalk.train.mouth_probe import fit_mouth_probe, mouth_loss, probe_from_cache, probe_gaps
 
 torch.set_num_threads(1)
 
@@ -96,3 +96,23 @@ def test_dit_losses_add_the_weighted_mouth_term():
         torch.testing.assert_close(out["loss"], plain["loss"] + w * out["mouth"])
     with pytest.raises(ReadtalkError, match="mouth_weight"):
         DiTRunConfig(cache="c", diffusion=DiffusionConfig(mouth_weight=-1)).validate()
+
+
+def test_a_large_cache_is_fitted_on_evenly_spaced_windows():
+    class Cache:  # the part of CachedLatents the probe reads
+        def __init__(self, n):
+            self.latent, self.gap, _ = _planted(n, 3)
+
+        def __len__(self):
+            return len(self.latent)
+
+        def normalize(self, z):
+            return z.float() * 2.0
+
+    data = Cache(90)
+    whole = probe_from_cache(data)
+    torch.testing.assert_close(whole, fit_mouth_probe(data.latent * 2.0, data.gap))
+    some = probe_from_cache(data, max_windows=30)
+    idx = torch.linspace(0, 89, 30).long()
+    torch.testing.assert_close(some, fit_mouth_probe(data.latent[idx] * 2.0, data.gap[idx]))
+    assert not torch.allclose(some, whole)

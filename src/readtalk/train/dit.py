@@ -55,7 +55,7 @@ from readtalk.eval.lipsync import locate_mouth, mouth_darkness
 from readtalk.media import contact_sheet, to_uint8, write_image, write_video
 from readtalk.train import dist
 from readtalk.train.common import fit, start_run
-from readtalk.train.mouth_probe import fit_mouth_probe, mouth_loss
+from readtalk.train.mouth_probe import mouth_loss, probe_from_cache
 from readtalk.train.optim import OptimConfig, optimizer_steps
 from readtalk.train.rolling import (
     model_velocity,
@@ -385,7 +385,7 @@ def train_dit(
 
     probe = None
     if cfg.diffusion.mouth_weight:
-        probe = fit_mouth_probe(train.normalize(train.latent), train.gap).to(run.device)
+        probe = probe_from_cache(train).to(run.device)
         run.log(f"mouth loss: weight {cfg.diffusion.mouth_weight}, probe fitted on the cache")
 
     def loss_fn(rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -17,6 +17,10 @@ term's minimiser is the flow loss's (a projection of the conditional mean), and 
 only shifts the model's effort toward the mouth. An error spread evenly over the latent costs the
 same per value in both terms, so at weight 1 the 8 mouth directions weigh as much as all 2,048
 values of the flow loss together.
+
+Measured on the distilled demo DiT it lowered lip sync, and on a data-target DiT sampled with
+Split-CFG it left it where it was (docs/results.md section 8, "The mouth's directions in the
+loss"): a tool for experiments and for watching ``ema_mouth``, not a recipe.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from torch import Tensor
 
 from readtalk.errors import ReadtalkError
 
-__all__ = ["fit_mouth_probe", "mouth_loss", "probe_gaps"]
+__all__ = ["fit_mouth_probe", "mouth_loss", "probe_from_cache", "probe_gaps"]
 
 TEMPORAL_FACTOR = 8
 MIN_LATENTS = 16  # latents with a complete lip-gap track needed to fit the probe
+MAX_WINDOWS = 4096  # training windows the probe is fitted on (evenly spaced), for memory
 
 
 def _pairs(latent: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,6 +70,14 @@ def fit_mouth_probe(latent: Tensor, gap: Tensor, ridge: float = 0.01) -> Tensor:
     gram = a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype)
     w = torch.linalg.solve(gram, a.T @ (y - y.mean(0))) / sd[:, None]  # on unstandardised x
     return (w / w.norm(dim=0, keepdim=True).clamp_min(1e-12)).float()
+
+
+def probe_from_cache(data, max_windows: int = MAX_WINDOWS) -> Tensor:
+    """``fit_mouth_probe`` on at most ``max_windows`` windows of a ``CachedLatents``, evenly
+    spaced (all of them when there are fewer), normalised with the cache's statistics."""
+    n = len(data)
+    idx = torch.arange(n) if n <= max_windows else torch.linspace(0, n - 1, max_windows).long()
+    return fit_mouth_probe(data.normalize(data.latent[idx]), data.gap[idx])
 
 
 def probe_gaps(latent: Tensor, probe: Tensor) -> Tensor:
