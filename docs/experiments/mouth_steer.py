@@ -33,23 +33,21 @@ from torch import nn
 
 from readtalk.data.cache import CachedLatents
 from readtalk.data.manifest import load_manifest
+from readtalk.data.synthtalk.mouth_reader import pearson
 from readtalk.eval.results import generate_set
 from readtalk.pipeline import Pipeline
+from readtalk.train.mouth_probe import latent_gap_pairs, ridge_readout
 
 
 def _pairs(d: CachedLatents) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z = d.normalize(d.latent)
-    x = z[:, :, 1:].transpose(1, 2).flatten(2).flatten(0, 1).double()  # (N 7, C h w)
-    a = d.audio[:, 1:].flatten(0, 1).float()  # (N 7, 6144)
-    y = d.gap[:, 1:57].reshape(-1, 7, 8).flatten(0, 1).float()  # (N 7, 8)
-    return x, a, y
+    x, y, keep = latent_gap_pairs(d.normalize(d.latent).double(), d.gap)  # (n, C h w), (n, 8)
+    a = d.audio[:, 1:].flatten(0, 1)[keep].float()  # (n, 6144)
+    return x, a, y.float()
 
 
 def _window_r(p: torch.Tensor, y: torch.Tensor) -> float:
     p, y = p.reshape(-1, 56), y.reshape(-1, 56)
-    return float(
-        np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(p.numpy(), y.numpy(), strict=True)])
-    )
+    return float(np.nanmean([pearson(a, b) for a, b in zip(p.numpy(), y.numpy(), strict=True)]))
 
 
 def fit(cache: str) -> dict:
@@ -57,11 +55,7 @@ def fit(cache: str) -> dict:
     tr, te = CachedLatents(cache, "train"), CachedLatents(cache, "test")
     xtr, atr, ytr = _pairs(tr)
     xte, ate, yte = _pairs(te)
-    mx, my = xtr.mean(0), ytr.double().mean(0)
-    sd = xtr.std(0).clamp_min(1e-6)
-    a = (xtr - mx) / sd
-    gram = a.T @ a + 0.01 * len(a) * torch.eye(a.shape[1], dtype=torch.float64)
-    w = torch.linalg.solve(gram, a.T @ (ytr.double() - my)) / sd[:, None]  # (D, 8)
+    w, mx, my = ridge_readout(xtr, ytr.double())  # (D, 8)
     yc = ytr.double() - my
     f = torch.linalg.solve(yc.T @ yc + 1e-6 * torch.eye(8, dtype=torch.float64), yc.T @ (xtr - mx))
     e = torch.linalg.solve(f @ w, f)  # (8, D)

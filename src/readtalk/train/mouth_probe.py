@@ -30,17 +30,24 @@ from torch import Tensor
 
 from readtalk.errors import ReadtalkError
 
-__all__ = ["fit_mouth_probe", "mouth_loss", "probe_from_cache", "probe_gaps"]
+__all__ = [
+    "fit_mouth_probe",
+    "latent_gap_pairs",
+    "mouth_loss",
+    "probe_from_cache",
+    "probe_gaps",
+    "ridge_readout",
+]
 
 TEMPORAL_FACTOR = 8
 MIN_LATENTS = 16  # latents with a complete lip-gap track needed to fit the probe
 MAX_WINDOWS = 4096  # training windows the probe is fitted on (evenly spaced), for memory
 
 
-def _pairs(latent: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
-    """Latent frames j >= 1 of every window, flattened (n, C h w), and their 8 frames' gaps (n,
-    8); latent j covers the window's frames [8j - 7, 8j + 1). Latents with a NaN gap are left
-    out."""
+def latent_gap_pairs(latent: Tensor, gap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Latent frames j >= 1 of every window, flattened (n, C h w), their 8 frames' gaps (n, 8),
+    and which of the N (f - 1) latents they are (bool ``keep``: latents with a NaN gap are left
+    out); latent j covers the window's frames [8j - 7, 8j + 1)."""
     f = latent.shape[2]
     x = latent[:, :, 1:].transpose(1, 2).flatten(2).flatten(0, 1)  # (N (f - 1), C h w)
     need = 1 + TEMPORAL_FACTOR * (f - 1)
@@ -48,7 +55,18 @@ def _pairs(latent: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
         raise ReadtalkError(f"the cache holds {gap.shape[1]} gap frames a window, need {need}")
     y = gap[:, 1:need].reshape(-1, f - 1, TEMPORAL_FACTOR).flatten(0, 1)  # (N (f - 1), 8)
     keep = ~torch.isnan(y).any(dim=1)
-    return x[keep], y[keep]
+    return x[keep], y[keep], keep
+
+
+def ridge_readout(x: Tensor, y: Tensor, ridge: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+    """A ridge regression of ``y`` (n, k) on ``x`` (n, D), the inputs standardised and the
+    penalty ``ridge`` per sample: ``(w, x_mean, y_mean)`` with ``y ~ (x - x_mean) w + y_mean``,
+    ``w`` (D, k) on the unstandardised inputs."""
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    a = (x - mu) / sd
+    gram = a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype)
+    ym = y.mean(0)
+    return torch.linalg.solve(gram, a.T @ (y - ym)) / sd[:, None], mu, ym
 
 
 @torch.no_grad()
@@ -57,7 +75,7 @@ def fit_mouth_probe(latent: Tensor, gap: Tensor, ridge: float = 0.01) -> Tensor:
     frames' lip gaps. ``latent`` (N, C, f, h, w) normalised training latents; ``gap`` (N,
     frames) their lip gaps (NaN where unknown). ``ridge``: the penalty per sample on
     standardised inputs."""
-    x, y = _pairs(latent.double(), gap.double())
+    x, y, _ = latent_gap_pairs(latent.double(), gap.double())
     if len(x) < MIN_LATENTS:
         raise ReadtalkError(
             f"diffusion.mouth_weight needs lip-gap ground truth in the cache (SynthTalk "
@@ -65,10 +83,7 @@ def fit_mouth_probe(latent: Tensor, gap: Tensor, ridge: float = 0.01) -> Tensor:
         )
     if float(y.std()) == 0.0:
         raise ReadtalkError("diffusion.mouth_weight: the cache's lip gaps never change")
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    a = (x - mu) / sd
-    gram = a.T @ a + ridge * len(a) * torch.eye(a.shape[1], dtype=a.dtype)
-    w = torch.linalg.solve(gram, a.T @ (y - y.mean(0))) / sd[:, None]  # on unstandardised x
+    w = ridge_readout(x, y, ridge)[0]
     return (w / w.norm(dim=0, keepdim=True).clamp_min(1e-12)).float()
 
 
